@@ -1,0 +1,5 @@
+"""``python -m toonvision`` runs the command-line tool."""
+
+from toonvision.cli import main
+
+main()

@@ -1,0 +1,545 @@
+"""Crop every labelled object out of its screenshot into the pool.
+
+    img/raw/screenshots/            (or --screenshots DIR; any depth)
+    ├── street/shot1.png            image, opened by content whatever its extension
+    └── street/shot1.xml            labelImg VOC XML, paired by stem in the same folder
+                 │
+                 ▼
+    img/unsorted/
+    ├── manifest.csv                one row per crop (toonvision.manifest)
+    ├── cog/cog_bb_flunky_0.png     <group>/<label>_<index>.png, lossless
+    └── toon/toon_cat_0.png
+
+Crash safety: crops are written to ``unsorted/.staging/`` first, then the manifest is
+replaced atomically, then the staged crops are renamed into place. A kill before the
+manifest commit leaves staged files that the next run deletes and redoes; a kill after it
+leaves staged files that the next run renames into place. Either way the pool ends as an
+uninterrupted run would leave it. Indices come from the manifest, whose rows are never
+removed, so they only grow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from toonvision.constants import (
+    IMAGE_SUFFIXES,
+    MANIFEST_COMMIT_EVERY,
+    PARALLEL_MIN_SCREENSHOTS,
+    PNG_COMPRESS_LEVEL,
+    XML_SUFFIX,
+)
+from toonvision.errors import AnnotationError, ImageError, UsageError
+from toonvision.fsutil import locked, remove_stale_temp_files, write_error
+from toonvision.images import decode_image
+from toonvision.labels import group_of, normalise_label, read_classes_file
+from toonvision.layout import Layout
+from toonvision.manifest import CropRecord, load_manifest, save_manifest
+from toonvision.voc import load_annotation
+
+logger = logging.getLogger(__name__)
+
+ERROR, WARNING = "error", "warning"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with one file or one object of it."""
+
+    file: str
+    message: str
+    obj: int | None = None
+    severity: str = ERROR
+    reason: str = ""
+
+    def line(self) -> str:
+        where = self.file if self.obj is None else f"{self.file}: object {self.obj}"
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Screenshot:
+    """An image and its XML, paired by stem; ``relative`` is the image's path under the root."""
+
+    image: Path
+    xml: Path
+    relative: str
+
+
+@dataclass(frozen=True)
+class Discovery:
+    screenshots: tuple[Screenshot, ...]
+    problems: tuple[Problem, ...]
+
+
+@dataclass(frozen=True)
+class Crop:
+    """One object cut out of a screenshot, encoded as PNG (``png`` is None when only checking)."""
+
+    obj: int
+    label: str
+    box: tuple[int, int, int, int]
+    png: bytes | None
+    sha256: str
+
+    @property
+    def width(self) -> int:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> int:
+        return self.box[3] - self.box[1]
+
+
+@dataclass(frozen=True)
+class ScreenshotCrops:
+    """Everything read from one screenshot: its crops and its problems."""
+
+    screenshot: Screenshot
+    source_sha256: str
+    crops: tuple[Crop, ...]
+    problems: tuple[Problem, ...]
+
+    @property
+    def has_errors(self) -> bool:
+        return any(p.severity == ERROR for p in self.problems)
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    screenshots: Path | None = None
+    classes: Path | None = None
+    strict: bool = False
+    move: bool = False
+    workers: int | None = None  # None: both cores when there are many screenshots
+    commit_every: int = MANIFEST_COMMIT_EVERY  # crops staged between manifest commits
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    screenshots: int
+    crops_written: int
+    already_in_pool: int
+    moved: int
+    pool_size: int
+    pool: Path
+    problems: tuple[Problem, ...] = field(default=())
+
+    @property
+    def errors(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity == ERROR)
+
+    @property
+    def warnings(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity == WARNING)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.errors else 0
+
+    def skipped_by_reason(self) -> Counter:
+        return Counter(p.reason for p in self.problems if p.obj is not None and p.reason)
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.screenshots} screenshots read, {self.crops_written} crops written, "
+            f"{self.already_in_pool} already in the pool"
+            + (f", {self.moved} screenshots moved to processed/" if self.moved else ""),
+        ]
+        skipped = self.skipped_by_reason()
+        if skipped:
+            lines.append("objects skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
+        lines.append(f"{len(self.errors)} errors, {len(self.warnings)} warnings")
+        lines.append(f"pool: {self.pool} ({self.pool_size} crops in the manifest)")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    screenshots: int
+    objects: int
+    problems: tuple[Problem, ...]
+
+    @property
+    def errors(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity == ERROR)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.errors else 0
+
+    def summary(self) -> str:
+        warnings = len(self.problems) - len(self.errors)
+        return (
+            f"{self.screenshots} screenshots, {self.objects} objects checked: "
+            f"{len(self.errors)} errors, {warnings} warnings"
+        )
+
+
+def extract(layout: Layout, options: ExtractOptions = ExtractOptions(), progress: bool = False) -> ExtractResult:
+    """Crop every object of every screenshot into the pool; safe to kill and re-run."""
+    root = _screenshots_root(layout, options)
+    known_labels = read_classes_file(options.classes) if options.classes else None
+    if options.strict and known_labels is None:
+        raise UsageError("--strict needs --classes FILE (labelImg's predefined_classes.txt)")
+    with locked(layout.lock_file, str(layout.img_dir)):
+        try:
+            if options.move:
+                _finish_interrupted_moves(root, layout.processed)
+            found = discover(root, exclude=(layout.pool, layout.data, layout.processed))
+            if options.strict:
+                _refuse_unknown_labels(found.screenshots, known_labels)
+            return _extract_locked(layout, root, found, known_labels, options, list(found.problems), progress)
+        except OSError as exc:
+            raise write_error(Path(exc.filename or layout.pool), exc) from exc
+
+
+def validate(root: Path, classes: Path | None = None, progress: bool = False) -> ValidationResult:
+    """Run extract's checks on every screenshot and XML without writing anything."""
+    known_labels = read_classes_file(classes) if classes else None
+    found = discover(Path(root))
+    problems = list(found.problems)
+    objects = 0
+    for result in _read_all(found.screenshots, known_labels, encode=False, workers=None, progress=progress):
+        problems.extend(result.problems)
+        objects += len(result.crops) + sum(1 for p in result.problems if p.obj is not None and p.reason)
+    return ValidationResult(len(found.screenshots), objects, tuple(problems))
+
+
+def discover(root: Path, exclude: Iterable[Path] = ()) -> Discovery:
+    """Pair images and XML files by stem, folder by folder; report the unpaired.
+
+    Folders in ``exclude`` (the pool, splits, processed/) are never read as screenshots,
+    even when the screenshots root contains them.
+    """
+    root = Path(root)
+    excluded = {Path(p).resolve() for p in exclude}
+    if not root.is_dir():
+        raise UsageError(
+            f"{root}: no such folder; put labelImg screenshots and their XML there "
+            "or pass --screenshots DIR"
+        )
+    real_root = root.resolve()
+    screenshots: list[Screenshot] = []
+    problems: list[Problem] = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        folder_path = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (folder_path / d).resolve() not in excluded)
+        for name in dirs:
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                problems.append(Problem(str(folder_path / name), "is a folder named like an image; skipped", severity=WARNING))
+        images: dict[str, list[Path]] = {}
+        xmls: dict[str, Path] = {}
+        for name in sorted(files):
+            path = folder_path / name
+            suffix = path.suffix.lower()
+            if suffix not in IMAGE_SUFFIXES and suffix != XML_SUFFIX:
+                continue
+            if path.is_symlink() and not _inside(path, real_root):
+                problems.append(Problem(str(path), "is a symbolic link to a file outside the screenshots folder; not followed", severity=WARNING))
+                continue
+            if suffix == XML_SUFFIX:
+                xmls[path.stem] = path
+            else:
+                images.setdefault(path.stem, []).append(path)
+        for stem in sorted(set(images) | set(xmls)):
+            candidates, xml = images.get(stem, []), xmls.get(stem)
+            if xml is None:
+                for image in candidates:
+                    problems.append(Problem(str(image), "has no XML beside it; label it in labelImg or remove it", severity=WARNING, reason="no xml"))
+            elif not candidates:
+                problems.append(Problem(str(xml), f"has no image named {stem}.<png|jpg|...> beside it", reason="no image"))
+            elif len(candidates) > 1:
+                names = ", ".join(p.name for p in candidates)
+                problems.append(Problem(str(xml), f"matches several images ({names}); keep one of them", reason="ambiguous image"))
+            else:
+                image = candidates[0]
+                screenshots.append(Screenshot(image, xml, image.relative_to(root).as_posix()))
+    return Discovery(tuple(screenshots), tuple(problems))
+
+
+def read_screenshot(screenshot: Screenshot, known_labels: frozenset[str] | None = None, encode: bool = True) -> ScreenshotCrops:
+    """Read one screenshot and its XML, and cut out every usable object (pure but for reading)."""
+    xml, image_path = str(screenshot.xml), str(screenshot.image)
+    problems: list[Problem] = []
+    try:
+        parsed = load_annotation(screenshot.xml)
+    except AnnotationError as exc:
+        return ScreenshotCrops(screenshot, "", (), (Problem(xml, _without_source(exc, xml), reason="bad xml"),))
+    annotation = parsed.annotation
+    for warning in parsed.warnings:
+        if "<bndbox>" not in warning:
+            problems.append(Problem(xml, _without_source(warning, xml), severity=WARNING))
+    try:
+        data = screenshot.image.read_bytes()
+        image = decode_image(data, image_path)
+    except OSError as exc:
+        problems.append(Problem(image_path, f"cannot read ({exc.strerror or exc})", reason="bad image"))
+        return ScreenshotCrops(screenshot, "", (), tuple(problems))
+    except ImageError as exc:
+        problems.append(Problem(image_path, _without_source(exc, image_path), reason="bad image"))
+        return ScreenshotCrops(screenshot, "", (), tuple(problems))
+    width, height = image.size
+    declared = annotation.size
+    if declared is not None and (declared.width, declared.height) != (width, height):
+        problems.append(Problem(
+            xml, f"<size> says {declared.width}x{declared.height} but the image is {width}x{height}; "
+            "using the image's size", severity=WARNING))
+    crops = []
+    for number, obj in enumerate(annotation.objects):
+        crop = _cut_object(image, number, obj, xml, known_labels, encode, problems)
+        if crop is not None:
+            crops.append(crop)
+    return ScreenshotCrops(screenshot, hashlib.sha256(data).hexdigest(), tuple(crops), tuple(problems))
+
+
+def _cut_object(image, number, obj, xml, known_labels, encode, problems) -> Crop | None:
+    try:
+        label = normalise_label(obj.name)
+    except ValueError as exc:
+        problems.append(Problem(xml, f"{exc}", number, reason="bad label"))
+        return None
+    if known_labels is not None and label not in known_labels:
+        problems.append(Problem(xml, f"label {label!r} is not in the classes file", number, WARNING, "unknown label"))
+    if obj.box is None:
+        problems.append(Problem(xml, f"{label}: has no usable <bndbox>; skipped", number, WARNING, "no box"))
+        return None
+    width, height = image.size
+    left, top, right, bottom = obj.box.rounded()
+    clipped = (max(0, left), max(0, top), min(width, right), min(height, bottom))
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        problems.append(Problem(xml, f"{label}: box {(left, top, right, bottom)} has no area inside the "
+                                f"{width}x{height} image; skipped", number, WARNING, "zero area"))
+        return None
+    if clipped != (left, top, right, bottom):
+        problems.append(Problem(xml, f"{label}: box {(left, top, right, bottom)} spills outside the "
+                                f"{width}x{height} image; clipped to {clipped}", number, WARNING))
+    if not encode:
+        return Crop(number, label, clipped, None, "")
+    buffer = io.BytesIO()
+    image.crop(clipped).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    png = buffer.getvalue()
+    return Crop(number, label, clipped, png, hashlib.sha256(png).hexdigest())
+
+
+def _extract_locked(layout, root, found, known_labels, options, problems, progress) -> ExtractResult:
+    _recover_staging(layout)
+    records = load_manifest(layout.manifest)
+    seen = {record.dedup_key for record in records}
+    next_index = _next_indices(records, layout.pool)
+    pending: list[CropRecord] = []
+    moves: list[Screenshot] = []
+    written = duplicates = moved = 0
+
+    def commit() -> None:
+        nonlocal written, moved
+        if pending:
+            save_manifest(layout.manifest, records)
+            for record in pending:
+                target = layout.pool / record.crop
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(layout.staging / record.crop, target)
+            written += len(pending)
+            pending.clear()
+        for screenshot in moves:
+            moved += _move_to_processed(screenshot, root, layout.processed, problems)
+        moves.clear()
+
+    results = _read_all(found.screenshots, known_labels, encode=True, workers=options.workers, progress=progress)
+    for result in results:
+        problems.extend(result.problems)
+        for crop in result.crops:
+            key = (result.source_sha256, *crop.box)
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            record = _stage_crop(layout, result, crop, next_index)
+            records.append(record)
+            pending.append(record)
+        if options.move and not result.has_errors:
+            moves.append(result.screenshot)
+        if len(pending) >= options.commit_every:
+            commit()
+    commit()
+    _remove_empty_dirs(layout.staging)
+    return ExtractResult(
+        screenshots=len(found.screenshots), crops_written=written, already_in_pool=duplicates,
+        moved=moved, pool_size=len(records), pool=layout.pool, problems=tuple(problems),
+    )
+
+
+def _stage_crop(layout: Layout, result: ScreenshotCrops, crop: Crop, next_index: Counter) -> CropRecord:
+    index = next_index[crop.label]
+    next_index[crop.label] = index + 1
+    group = group_of(crop.label)
+    relative = f"{group}/{crop.label}_{index}.png"
+    staged = layout.staging / relative
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_bytes(crop.png)
+    return CropRecord(
+        crop=relative, label=crop.label, group=group, index=index,
+        source=result.screenshot.relative, xmin=crop.box[0], ymin=crop.box[1], xmax=crop.box[2],
+        ymax=crop.box[3], width=crop.width, height=crop.height,
+        source_sha256=result.source_sha256, crop_sha256=crop.sha256,
+    )
+
+
+def _read_all(screenshots, known_labels, encode, workers, progress) -> Iterator[ScreenshotCrops]:
+    """Read screenshots in order, in a process pool when there are enough of them."""
+    from tqdm import tqdm
+
+    labels = frozenset(known_labels) if known_labels is not None else None
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1) if len(screenshots) >= PARALLEL_MIN_SCREENSHOTS else 1
+    bar = tqdm(total=len(screenshots), unit="screenshot", disable=not progress, leave=False)
+    args = [(s, labels, encode) for s in screenshots]
+    try:
+        if workers <= 1:
+            yield from _with_bar(map(_read_screenshot_args, args), bar)
+        else:
+            with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+                chunk = max(1, min(16, len(args) // (workers * 8)))
+                yield from _with_bar(pool.map(_read_screenshot_args, args, chunksize=chunk), bar)
+    finally:
+        bar.close()
+
+
+def _with_bar(results: Iterable[ScreenshotCrops], bar) -> Iterator[ScreenshotCrops]:
+    for result in results:
+        bar.update(1)
+        yield result
+
+
+def _read_screenshot_args(args) -> ScreenshotCrops:
+    return read_screenshot(*args)
+
+
+def _screenshots_root(layout: Layout, options: ExtractOptions) -> Path:
+    return Path(options.screenshots) if options.screenshots else layout.screenshots
+
+
+def _refuse_unknown_labels(screenshots: Iterable[Screenshot], known_labels: tuple[str, ...]) -> None:
+    known = set(known_labels)
+    unknown: list[str] = []
+    for screenshot in screenshots:
+        try:
+            annotation = load_annotation(screenshot.xml).annotation
+        except AnnotationError:
+            continue
+        for number, obj in enumerate(annotation.objects):
+            label = obj.name.strip().lower()
+            if label not in known:
+                unknown.append(f"{screenshot.xml}: object {number}: {label!r}")
+    if unknown:
+        listing = "\n  ".join(unknown[:50]) + ("\n  ..." if len(unknown) > 50 else "")
+        raise AnnotationError(
+            f"{len(unknown)} objects have labels that are not in the classes file (--strict; nothing written):\n  "
+            f"{listing}\nfix them in labelImg or add the labels to the classes file"
+        )
+
+
+def _next_indices(records: list[CropRecord], pool: Path) -> Counter:
+    """One past the highest index ever used per label, in the manifest or on disk."""
+    highest: Counter = Counter()
+    for record in records:
+        highest[record.label] = max(highest[record.label], record.index + 1)
+    if pool.is_dir():
+        for group in pool.iterdir():
+            if not group.is_dir() or group.name.startswith("."):
+                continue
+            for path in group.glob("*.png"):
+                label, _, index = path.stem.rpartition("_")
+                if label and index.isdigit():
+                    highest[label] = max(highest[label], int(index) + 1)
+    return highest
+
+
+def _recover_staging(layout: Layout) -> None:
+    """Finish or undo the staging of an interrupted run (see the module docstring)."""
+    remove_stale_temp_files(layout.manifest)
+    if not layout.staging.is_dir():
+        return
+    committed = {record.crop for record in load_manifest(layout.manifest)}
+    for staged in sorted(layout.staging.rglob("*")):
+        if not staged.is_file():
+            continue
+        relative = staged.relative_to(layout.staging).as_posix()
+        target = layout.pool / relative
+        if relative in committed and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, target)
+            logger.info("%s: finished an interrupted extraction", target)
+        elif relative in committed:
+            logger.warning("%s: staged crop left in place; %s already exists", staged, target)
+        else:
+            staged.unlink()
+    _remove_empty_dirs(layout.staging)
+
+
+def _remove_empty_dirs(folder: Path) -> None:
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _move_to_processed(screenshot: Screenshot, root: Path, processed: Path, problems: list[Problem]) -> int:
+    """Move a fully extracted screenshot and its XML under processed/, keeping subfolders."""
+    moved = 0
+    for source in (screenshot.xml, screenshot.image):
+        target = processed / source.relative_to(root)
+        if target.exists():
+            problems.append(Problem(str(source), f"not moved: {target} already exists", severity=WARNING))
+            return 0
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        moved = 1
+    return moved
+
+
+def _finish_interrupted_moves(root: Path, processed: Path) -> None:
+    """Move images whose XML already reached processed/ (a kill between the two renames)."""
+    if not processed.is_dir():
+        return
+    for xml in processed.rglob("*" + XML_SUFFIX):
+        folder = root / xml.parent.relative_to(processed)
+        if (folder / xml.name).exists() or not folder.is_dir():
+            continue
+        for image in folder.glob(xml.stem + ".*"):
+            target = xml.parent / image.name
+            if image.suffix.lower() in IMAGE_SUFFIXES and image.is_file() and not target.exists():
+                os.replace(image, target)
+                logger.info("%s: finished an interrupted move to %s", image, target)
+
+
+def _inside(path: Path, real_root: Path) -> bool:
+    try:
+        path.resolve().relative_to(real_root)
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return True
+
+
+def _without_source(message: object, source: str) -> str:
+    text = str(message)
+    prefix = f"{source}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+__all__ = [
+    "Crop", "Discovery", "ExtractOptions", "ExtractResult", "Problem", "Screenshot",
+    "ScreenshotCrops", "ValidationResult", "discover", "extract", "read_screenshot", "validate",
+]

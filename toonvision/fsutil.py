@@ -1,0 +1,127 @@
+"""Crash-safe file operations: atomic writes, directory swaps, and the img/ lock.
+
+Every write of user-visible data goes through here so that a kill at any moment
+leaves either the old file or the new one, never a half-written mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from toonvision.errors import PoolLockedError, ToonVisionError
+
+logger = logging.getLogger(__name__)
+
+_OLD_SUFFIX = ".old"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:80]}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from exc
+        raise
+
+
+def remove_stale_temp_files(path: Path) -> None:
+    """Delete temp files that a killed :func:`atomic_write_bytes` of ``path`` left behind.
+
+    Call it only while holding the lock that guards ``path``.
+    """
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob_escape(path.name[:80])}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` as UTF-8 to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_error(path: Path, exc: OSError) -> ToonVisionError:
+    """Turn a failed write into a message that names the path and the fix."""
+    if exc.errno == errno.ENOSPC:
+        hint = "the disk is full; free some space and run the command again"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "the folder is not writable; fix its permissions or choose another folder"
+    else:
+        hint = exc.strerror or str(exc)
+    return ToonVisionError(f"{path}: cannot write ({hint}); nothing was changed")
+
+
+def swap_directory(new: Path, target: Path) -> None:
+    """Replace ``target`` with the fully built ``new`` folder beside it.
+
+    ``target`` is renamed aside, ``new`` renamed into place, then the old one removed.
+    A kill between the renames is repaired by :func:`recover_swap`.
+    """
+    new, target = Path(new), Path(target)
+    old = target.with_name(target.name + _OLD_SUFFIX)
+    recover_swap(target)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_swap(target: Path) -> None:
+    """Finish or roll back a :func:`swap_directory` that was interrupted."""
+    target = Path(target)
+    old = target.with_name(target.name + _OLD_SUFFIX)
+    if not old.exists():
+        return
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(old, target)
+        logger.warning("%s: restored the previous folder after an interrupted swap", target)
+
+
+@contextlib.contextmanager
+def locked(lock_file: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` for the duration of the block.
+
+    The kernel drops the lock when the holder dies, so a crash never leaves a stale lock.
+    ``what`` names the folder being guarded in the message to a second process.
+    """
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            raise PoolLockedError(
+                f"another toonvision is working on {what}, pid {holder}; "
+                "wait for it to finish and run the command again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)
