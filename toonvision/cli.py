@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 
 import click
 
+from toonvision.constants import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_RUNS
 from toonvision.errors import ToonVisionError
 from toonvision.layout import Layout
+from toonvision.models import MODEL_NAMES
 
 logger = logging.getLogger("toonvision")
 
@@ -56,7 +59,7 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
     root = logging.getLogger("toonvision")
     root.handlers[:] = [handler]
     root.setLevel(level)
-    root.propagate = False
+    root.propagate = True  # the root logger has no handler in the CLI; tests capture through it
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,6 +74,8 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
 def main(ctx: click.Context, img_dir: Path, models_dir: Path, quiet: bool, verbose: bool) -> None:
     """ToonVision: labelImg screenshots in, Keras image classifiers out."""
     _configure_logging(quiet, verbose)
+    if not verbose:  # TensorFlow's C++ start-up chatter (set before it is imported); --verbose shows it
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     ctx.obj = _Context(Layout.from_dirs(img_dir, models_dir), quiet, verbose)
 
 
@@ -123,3 +128,426 @@ def validate(ctx: _Context, screenshots: Path | None, classes: Path | None) -> N
         click.echo(problem.line())
     click.echo(result.summary())
     sys.exit(result.exit_code)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class RatioCommand(click.Command):
+    """A command whose ``--ratio`` takes 2 or 3 numbers: ``--ratio 0.6 0.2 0.2``.
+
+    click options take a fixed number of values, so the values after ``--ratio`` are joined
+    into one before parsing and ``_parse_ratio`` checks them.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        joined, i = [], 0
+        while i < len(args):
+            arg = args[i]
+            joined.append(arg)
+            i += 1
+            if arg == "--":
+                joined.extend(args[i:])
+                break
+            if arg == "--ratio":
+                values = []
+                while i < len(args) and (_is_number(args[i]) or not args[i].startswith("-")):
+                    values.append(args[i])
+                    i += 1
+                joined.append(" ".join(values))
+        return super().parse_args(ctx, joined)
+
+
+def _parse_ratio(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...]:
+    from toonvision.constants import DEFAULT_RATIOS
+    from toonvision.errors import UsageError
+    from toonvision.split import check_ratios
+
+    if value is None:
+        return tuple(DEFAULT_RATIOS)
+    parts = value.replace(",", " ").split()
+    if not parts:
+        raise click.BadParameter("expected 2 or 3 numbers after --ratio, e.g. --ratio 0.6 0.2 0.2")
+    if not all(_is_number(part) for part in parts):
+        raise click.BadParameter(f"expected 2 or 3 numbers summing to 1, e.g. 0.6 0.2 0.2; got {value!r}")
+    try:
+        return check_ratios(float(part) for part in parts)
+    except UsageError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+ratio_option = click.option(
+    "--ratio", callback=_parse_ratio, metavar="TRAIN VALIDATE [TEST]",
+    help="Shares of each class per split, summing to 1 (2 numbers: no test split). [default: 0.6 0.2 0.2]",
+)
+config_option = click.option(
+    "--config", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Custom tasks ([tasks.NAME] pattern = ...). [default: ./toonvision.toml if present]",
+)
+
+
+def _task(name: str, config: Path | None):
+    from toonvision.tasks import find_config, get_task
+
+    return get_task(name, find_config(config))
+
+
+@main.command(cls=RatioCommand)
+@click.option("--task", "task_name", required=True,
+              help="binary, suit, name, animal, label, or a task of toonvision.toml.")
+@ratio_option
+@click.option("--seed", type=click.IntRange(min=0), help="Repeat a split exactly. [default: chosen and printed]")
+@click.option("--no-group", is_flag=True,
+              help="Let crops of one screenshot go to different splits (leaks near-duplicates into test).")
+@click.option("--min-per-class", type=click.IntRange(min=1), metavar="K",
+              help="Leave out classes with fewer than K crops (a class needs one crop per split).")
+@config_option
+@pass_context
+@_reports_errors
+def split(ctx: _Context, task_name: str, ratio: tuple[float, ...], seed: int | None, no_group: bool,
+          min_per_class: int | None, config: Path | None) -> None:
+    """Stratify the pool into img/data/<task>/{train,validate,test}/<class>/ (hard links, swapped in whole)."""
+    from toonvision import split as stage
+
+    result = stage.run_split(ctx.layout, _task(task_name, config), ratio, seed,
+                             group=not no_group, min_per_class=min_per_class)
+    if not ctx.quiet:
+        click.echo(result.summary())
+
+
+@main.command("balance-report")
+@click.option("--task", "task_name", help="Also count the classes of this task (and its split, if any).")
+@click.option("--target", type=click.IntRange(min=1), metavar="N",
+              help="Crops wanted per label and class. [default: the largest]")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for balance.json and the figures. [default: <img-dir>/reports/<task or pool>/]")
+@config_option
+@pass_context
+@_reports_errors
+def balance_report(ctx: _Context, task_name: str | None, target: int | None, out: Path | None,
+                   config: Path | None) -> None:
+    """Crops per label and per class, with split counts, deficits, figures and balance.json."""
+    from toonvision import report as stage
+
+    task = _task(task_name, config) if task_name else None
+    report = stage.balance_report(ctx.layout, task, target)
+    out = out or stage.default_report_dir(ctx.layout, task)
+    paths = stage.write_balance_report(report, out)
+    if not ctx.quiet:
+        click.echo(report.table())
+        click.echo(f"wrote {', '.join(p.name for p in paths)} to {out}")
+
+
+def _parse_image_size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int]:
+    from toonvision.constants import DEFAULT_IMAGE_SIZE
+
+    if value is None:
+        return tuple(DEFAULT_IMAGE_SIZE)
+    parts = value.lower().replace("×", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise click.BadParameter(f"expected HEIGHTxWIDTH in pixels, e.g. 600x200; got {value!r}")
+    return int(parts[0]), int(parts[1])
+
+
+@main.command(cls=RatioCommand)
+@click.option("--task", "task_name", required=True,
+              help="binary, suit, name, animal, label, or a task of toonvision.toml.")
+@click.option("--runs", type=click.IntRange(min=1), default=DEFAULT_RUNS, show_default=True,
+              help="Independent runs, each on its own re-split of the pool (seed + run).")
+@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True)
+@click.option("--model", type=click.Choice(MODEL_NAMES), default="baseline",
+              show_default=True, help="optimized adds augmentation, dropout and learning-rate decay.")
+@click.option("--seed", type=click.IntRange(min=0),
+              help="Seed of run 0 (run k uses seed + k). [default: chosen and printed; --resume keeps it]")
+@ratio_option
+@click.option("--image-size", callback=_parse_image_size, metavar="HxW",
+              help="Input height x width in pixels. [default: 600x200]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
+              help="mobilenetv2 only: Keras' cached ImageNet weights, none (from scratch) or a weights file.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted training in models/<task>/.")
+@click.option("--overwrite", is_flag=True, help="Replace the training in models/<task>/.")
+@click.option("--no-group", is_flag=True,
+              help="Let crops of one screenshot go to different splits (leaks near-duplicates into test).")
+@click.option("--min-per-class", type=click.IntRange(min=1), metavar="K",
+              help="Leave out classes with fewer than K crops.")
+@config_option
+@pass_context
+@_reports_errors
+def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, seed: int | None,
+          ratio: tuple[float, ...], image_size: tuple[int, int], batch_size: int, weights: str,
+          resume: bool, overwrite: bool, no_group: bool, min_per_class: int | None, config: Path | None) -> None:
+    """Train over repeated re-splits of the pool; keep the run best on validation in models/<task>/."""
+    _quiet_tensorflow(ctx)
+    from toonvision import train as stage
+    from toonvision.tasks import find_config
+
+    options = stage.TrainConfig(
+        task=task_name, model=model, runs=runs, epochs=epochs, seed=seed, ratios=ratio,
+        image_size=image_size, batch_size=batch_size, group=not no_group, min_per_class=min_per_class,
+        weights=None if weights.lower() == "none" else weights, task_config=find_config(config),
+        resume=resume, overwrite=overwrite, verbose=ctx.verbose,
+    )
+    result = stage.train(ctx.layout, options, progress=ctx.progress)
+    if not ctx.quiet:
+        click.echo(result.summary())
+
+
+def _parse_synth_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    from toonvision.synth import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _parse_weights(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+                   ) -> tuple[tuple[str, float], ...]:
+    parsed = []
+    for value in values:
+        pattern, sep, weight = value.partition("=")
+        if not sep or not pattern.strip() or not _is_number(weight) or float(weight) < 0:
+            raise click.BadParameter(f"expected LABEL=WEIGHT with a weight of 0 or more, e.g. toon_horse=2 "
+                                     f"or 'cog_lb_*=0'; got {value!r}")
+        parsed.append((pattern.strip(), float(weight)))
+    return tuple(parsed)
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the PNG + XML pairs (default: <img-dir>/raw/screenshots, where extract reads).")
+@click.option("--count", type=click.IntRange(min=1), default=100, show_default=True, help="Screenshots to make.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Same seed, same files; the seed is part of the file names.")
+@click.option("--size", callback=_parse_synth_size, default="800x600", show_default=True, metavar="WIDTHxHEIGHT")
+@click.option("--toon-share", type=click.FloatRange(0, 1), metavar="FRACTION",
+              help="Share of Toons among entities. [default: 0.22, as in the original data]")
+@click.option("--weight", "weights", multiple=True, callback=_parse_weights, metavar="LABEL=WEIGHT",
+              help="Relative weight of labels within their group (Cogs or Toons); globs allowed, 'cog_lb_*=0' "
+                   "leaves out Lawbots. Repeatable. Defaults follow the original data: the top two Cogs of each "
+                   "suit rare, cats common, horses rare.")
+@click.option("--overwrite", is_flag=True, help="Replace synth files of the same name that differ.")
+@click.option("--workers", type=click.IntRange(min=1), help="Processes (default: every core for 32+ screenshots).")
+@pass_context
+@_reports_errors
+def synth(ctx: _Context, out: Path | None, count: int, seed: int, size: tuple[int, int], toon_share: float | None,
+          weights: tuple[tuple[str, float], ...], overwrite: bool, workers: int | None) -> None:
+    """Draw synthetic ToonTown street screenshots with labelImg XML (demo and test data)."""
+    from toonvision import synth as stage
+
+    config = stage.SynthConfig(count=count, seed=seed, size=size,
+                               toon_share=stage.DEFAULT_TOON_SHARE if toon_share is None else toon_share)
+    config = stage.with_weights(config, weights)
+    result = stage.synthesize(out or ctx.layout.screenshots, config, overwrite=overwrite, workers=workers,
+                              progress=ctx.progress)
+    if not ctx.quiet:
+        click.echo(result.summary())
+
+
+# -- evaluate, predict, explain, compare ---------------------------------------------------------
+
+unsafe_option = click.option(
+    "--unsafe", is_flag=True,
+    help="Load models holding Python code (Lambda layers). That code runs on loading: only for files you trust.",
+)
+classes_option = click.option(
+    "--classes", metavar="A,B,...",
+    help="Class names in the model's output order, for a model without best.json (e.g. Keras 2 HDF5): bb,lb,cb,sb.",
+)
+model_argument = click.argument("model", type=click.Path(path_type=Path))
+
+
+def _quiet_tensorflow(ctx: _Context) -> None:
+    """Import TensorFlow with its C++ start-up chatter hidden (shown with --verbose).
+
+    TensorFlow prints absl lines while its libraries load that no log level silences, so the
+    process's stderr is pointed at /dev/null for the import only; Python errors still show.
+    """
+    if ctx.verbose or "tensorflow" in sys.modules:
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+@main.command()
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.option("--task", "task_name", help="Task of a model without best.json (scored on img/data/<task>/). "
+              "Without MODEL: evaluate models/<task>/best.keras.")
+@click.option("--split", type=click.Choice(("train", "validate", "test")), default="test", show_default=True)
+@classes_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for evaluation.json, predictions.csv and the figures. [default: evaluation/ beside the model]")
+@click.option("--worst", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Most confident mistakes to show in worst_predictions.png.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
+@unsafe_option
+@pass_context
+@_reports_errors
+def evaluate(ctx: _Context, model: Path | None, task_name: str | None, split: str, classes: str | None,
+             out: Path | None, worst: int, batch_size: int, unsafe: bool) -> None:
+    """Score MODEL (best.keras or models/<task>/) on the split of the run that produced it."""
+    _quiet_tensorflow(ctx)
+    from toonvision import evaluate as stage
+
+    result = stage.evaluate(ctx.layout, model, task=task_name, split=split, classes=classes, out=out,
+                            unsafe=unsafe, batch_size=batch_size, worst=worst)
+    if not ctx.quiet:
+        click.echo(result.summary())
+
+
+@main.command()
+@model_argument
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(("table", "csv", "json")), default="table", show_default=True)
+@classes_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
+@unsafe_option
+@pass_context
+@_reports_errors
+def predict(ctx: _Context, model: Path, paths: tuple[Path, ...], fmt: str, classes: str | None, batch_size: int,
+            unsafe: bool) -> None:
+    """Classify crops, folders of crops, or screenshots with VOC XML beside them (one row per object)."""
+    _quiet_tensorflow(ctx)
+    from toonvision import evaluate as stage
+
+    result = stage.predict(model, list(paths), classes=classes, unsafe=unsafe, batch_size=batch_size)
+    _echo_problems(ctx, result.problems)
+    if result.predictions:
+        click.echo(result.format(fmt))
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@model_argument
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--layer", help="Layer for Grad-CAM (name, or outer/inner for a nested base). "
+              "[default: the last convolutional layer]")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the PNG overlays. [default: explain/ beside the model]")
+@classes_option
+@unsafe_option
+@pass_context
+@_reports_errors
+def explain(ctx: _Context, model: Path, images: tuple[Path, ...], layer: str | None, out: Path | None,
+            classes: str | None, unsafe: bool) -> None:
+    """Grad-CAM heatmaps over each image, one per class, saved as PNG overlays."""
+    _quiet_tensorflow(ctx)
+    from toonvision import explain as stage
+
+    result = stage.explain(model, list(images), layer=layer, out=out, classes=classes, unsafe=unsafe)
+    _echo_problems(ctx, result.problems)
+    if not ctx.quiet:
+        click.echo(result.summary())
+    sys.exit(result.exit_code)
+
+
+class _ListCommand(RatioCommand):
+    """``--models a b c`` as well as ``--models a,b`` or a repeated ``--models``."""
+
+    list_options = ("--models",)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        joined, i = [], 0
+        while i < len(args):
+            arg = args[i]
+            joined.append(arg)
+            i += 1
+            if arg == "--":
+                joined.extend(args[i:])
+                break
+            if arg in self.list_options:
+                values = []
+                while i < len(args) and not args[i].startswith("-"):
+                    values.append(args[i])
+                    i += 1
+                joined.append(",".join(values))
+        return super().parse_args(ctx, joined)
+
+
+def _parse_models(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    from toonvision.compare import DEFAULT_MODELS
+
+    names = tuple(n for value in values for n in value.replace(" ", ",").split(",") if n)
+    unknown = [n for n in names if n not in MODEL_NAMES]
+    if unknown:
+        raise click.BadParameter(f"unknown model {unknown[0]!r}; choose from {', '.join(MODEL_NAMES)}")
+    return names or DEFAULT_MODELS
+
+
+@main.command(cls=_ListCommand)
+@click.option("--task", "task_name", required=True,
+              help="binary, suit, name, animal, label, or a task of toonvision.toml.")
+@click.option("--models", multiple=True, callback=_parse_models, metavar="NAME...",
+              help="Models to compare, e.g. --models baseline optimized. [default: baseline optimized]")
+@click.option("--runs", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Shared re-splits: run k of every model uses split k (seed + k).")
+@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of run 0.")
+@ratio_option
+@click.option("--image-size", callback=_parse_image_size, metavar="HxW",
+              help="Input height x width in pixels. [default: 600x200]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
+              help="mobilenetv2 only: Keras' cached ImageNet weights, none (from scratch) or a weights file.")
+@click.option("--no-group", is_flag=True,
+              help="Let crops of one screenshot go to different splits (leaks near-duplicates into test).")
+@click.option("--min-per-class", type=click.IntRange(min=1), metavar="K",
+              help="Leave out classes with fewer than K crops.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the comparison. [default: models/<task>/compare/]")
+@config_option
+@pass_context
+@_reports_errors
+def compare(ctx: _Context, task_name: str, models: tuple[str, ...], runs: int, epochs: int, seed: int,
+            ratio: tuple[float, ...], image_size: tuple[int, int], batch_size: int, weights: str, no_group: bool,
+            min_per_class: int | None, out: Path | None, config: Path | None) -> None:
+    """Train several models on the same re-splits; plot their curves and test metrics side by side."""
+    _quiet_tensorflow(ctx)
+    from toonvision import compare as stage
+    from toonvision.tasks import find_config
+
+    options = stage.CompareConfig(
+        task=task_name, models=models, runs=runs, epochs=epochs, seed=seed, ratios=ratio,
+        image_size=image_size, batch_size=batch_size, group=not no_group, min_per_class=min_per_class,
+        weights=None if weights.lower() == "none" else weights, task_config=find_config(config),
+        verbose=ctx.verbose,
+    )
+    result = stage.compare(ctx.layout, options, out=out, progress=ctx.progress)
+    if not ctx.quiet:
+        click.echo(result.summary())
+
+
+@main.command()
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("toonvision-demo"),
+              show_default=True, help="A fresh folder for the demo's data and models (never your img/).")
+@click.option("--screenshots", type=click.IntRange(min=20), default=150, show_default=True,
+              help="Synthetic screenshots to render.")
+@click.option("--runs", type=click.IntRange(min=1), default=2, show_default=True, help="Training runs per task.")
+@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True, help="Epochs per run.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@pass_context
+@_reports_errors
+def demo(ctx: _Context, root: Path, screenshots: int, runs: int, epochs: int, seed: int) -> None:
+    """Run the whole pipeline on built-in synthetic data in a folder of its own."""
+    from toonvision.demo import DemoConfig, run_demo
+
+    _quiet_tensorflow(ctx)
+
+    config = DemoConfig(root=root, screenshots=screenshots, seed=seed, runs=runs, epochs=epochs)
+    for step in run_demo(config, progress=ctx.progress):
+        if not ctx.quiet or step.stage == "done":
+            click.echo(f"== {step.stage}\n{step.text}\n")

@@ -9,6 +9,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 XML_SUFFIX = ".xml"
 MAX_XML_BYTES = 5 * 1024 * 1024
 MAX_IMAGE_PIXELS = 50_000_000  # well above any screenshot, far below a decompression bomb
+MAX_IMAGE_BYTES = 8 * MAX_IMAGE_PIXELS  # 16-bit RGBA, uncompressed, at the pixel limit
 PNG_COMPRESS_LEVEL = 1  # crops are small; level 1 is lossless and several times faster than 6
 
 # Labels

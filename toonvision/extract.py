@@ -40,7 +40,7 @@ from toonvision.constants import (
 )
 from toonvision.errors import AnnotationError, ImageError, UsageError
 from toonvision.fsutil import locked, remove_stale_temp_files, write_error
-from toonvision.images import decode_image
+from toonvision.images import decode_image, read_image_bytes
 from toonvision.labels import group_of, normalise_label, read_classes_file
 from toonvision.layout import Layout
 from toonvision.manifest import CropRecord, load_manifest, save_manifest
@@ -235,14 +235,22 @@ def discover(root: Path, exclude: Iterable[Path] = ()) -> Discovery:
         folder_path = Path(folder)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (folder_path / d).resolve() not in excluded)
         for name in dirs:
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            if (folder_path / name).is_symlink():
+                problems.append(Problem(str(folder_path / name), "is a symbolic link to a folder; not followed", severity=WARNING))
+            elif Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 problems.append(Problem(str(folder_path / name), "is a folder named like an image; skipped", severity=WARNING))
+            elif not _is_utf8(name):
+                problems.append(Problem(_shown(folder_path / name), _NOT_UTF8, reason="bad name"))
+        dirs[:] = [d for d in dirs if _is_utf8(d)]
         images: dict[str, list[Path]] = {}
         xmls: dict[str, Path] = {}
         for name in sorted(files):
             path = folder_path / name
             suffix = path.suffix.lower()
             if suffix not in IMAGE_SUFFIXES and suffix != XML_SUFFIX:
+                continue
+            if not _is_utf8(name):
+                problems.append(Problem(_shown(path), _NOT_UTF8, reason="bad name"))
                 continue
             if path.is_symlink() and not _inside(path, real_root):
                 problems.append(Problem(str(path), "is a symbolic link to a file outside the screenshots folder; not followed", severity=WARNING))
@@ -280,11 +288,8 @@ def read_screenshot(screenshot: Screenshot, known_labels: frozenset[str] | None 
         if "<bndbox>" not in warning:
             problems.append(Problem(xml, _without_source(warning, xml), severity=WARNING))
     try:
-        data = screenshot.image.read_bytes()
+        data = read_image_bytes(screenshot.image)
         image = decode_image(data, image_path)
-    except OSError as exc:
-        problems.append(Problem(image_path, f"cannot read ({exc.strerror or exc})", reason="bad image"))
-        return ScreenshotCrops(screenshot, "", (), tuple(problems))
     except ImageError as exc:
         problems.append(Problem(image_path, _without_source(exc, image_path), reason="bad image"))
         return ScreenshotCrops(screenshot, "", (), tuple(problems))
@@ -531,6 +536,23 @@ def _inside(path: Path, real_root: Path) -> bool:
     except (ValueError, OSError, RuntimeError):
         return False
     return True
+
+
+_NOT_UTF8 = "name is not valid UTF-8 and cannot be recorded in the manifest; rename it (skipped)"
+
+
+def _is_utf8(name: str) -> bool:
+    """False for names the file system gave as undecodable bytes (surrogate escapes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(path: Path) -> str:
+    """A path with undecodable bytes written as \\xNN escapes, safe to print."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _without_source(message: object, source: str) -> str:

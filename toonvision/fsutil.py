@@ -20,15 +20,34 @@ from toonvision.errors import PoolLockedError, ToonVisionError
 
 logger = logging.getLogger(__name__)
 
+_FILE_MODE: int | None = None  # read from the umask on first use, not at import
+
 _OLD_SUFFIX = ".old"
+
+_HELD_LOCKS: set[int] = set()  # descriptors of the locks this process holds (see locked)
+_FORK_HOOK = False
+
+
+def _default_file_mode() -> int:
+    """0666 less the umask, as open() would give; mkstemp alone makes files private (0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    global _FILE_MODE
+    if _FILE_MODE is None:
+        _FILE_MODE = _default_file_mode()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:80]}.", suffix=".tmp", dir=path.parent)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+    try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -42,15 +61,38 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def _temp_prefix(path: Path) -> str:
+    """Temp files of ``path`` are ``.<name>.<writer pid>.<random>.tmp``, beside it."""
+    return f".{path.name[:80]}."
+
+
 def remove_stale_temp_files(path: Path) -> None:
     """Delete temp files that a killed :func:`atomic_write_bytes` of ``path`` left behind.
 
-    Call it only while holding the lock that guards ``path``.
+    Only files whose writer process is gone are deleted, so this is safe without a lock.
     """
     path = Path(path)
-    for stale in path.parent.glob(f".{glob_escape(path.name[:80])}.*.tmp"):
+    prefix = _temp_prefix(path)
+    for stale in path.parent.glob(f"{glob_escape(prefix)}*.tmp"):
+        pid = stale.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
         with contextlib.suppress(OSError):
             stale.unlink()
+            logger.debug("%s: removed a temp file left by an interrupted write", stale)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this one counts)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def glob_escape(text: str) -> str:
@@ -106,11 +148,20 @@ def locked(lock_file: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on ``lock_file`` for the duration of the block.
 
     The kernel drops the lock when the holder dies, so a crash never leaves a stale lock.
-    ``what`` names the folder being guarded in the message to a second process.
+    Forked children (extract's workers) close their copy, so a killed holder's orphans
+    cannot keep it. ``what`` names the folder being guarded in the message to a second process.
     """
+    global _FORK_HOOK
+    if not _FORK_HOOK and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_locks)
+        _FORK_HOOK = True
     lock_file = Path(lock_file)
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise write_error(lock_file, exc) from exc
+    _HELD_LOCKS.add(fd)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -120,8 +171,18 @@ def locked(lock_file: Path, what: str) -> Iterator[None]:
                 f"another toonvision is working on {what}, pid {holder}; "
                 "wait for it to finish and run the command again"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+        with contextlib.suppress(OSError):  # the pid is only for the message; a full disk may refuse it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
         yield
     finally:
+        _HELD_LOCKS.discard(fd)
         os.close(fd)
+
+
+def _forget_locks() -> None:
+    """In a forked child: close the inherited lock descriptors (never unlock: the parent holds them)."""
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()

@@ -5,14 +5,18 @@ EXIF orientation applied, and every mode converted to 8-bit RGB.
 from __future__ import annotations
 
 import io
+import logging
+import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from toonvision.constants import MAX_IMAGE_PIXELS
+from toonvision.constants import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from toonvision.errors import ImageError
+
+logger = logging.getLogger(__name__)
 
 _FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -24,6 +28,7 @@ def decode_image(data: bytes, source: str, max_pixels: int = MAX_IMAGE_PIXELS) -
         raise ImageError(f"{source}: file is empty (0 bytes); re-export the screenshot")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on corrupt EXIF etc.: noise to a user
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=_FORMATS)
             width, height = image.size
@@ -47,18 +52,36 @@ def decode_image(data: bytes, source: str, max_pixels: int = MAX_IMAGE_PIXELS) -
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{source}: truncated or corrupt image ({exc}); re-export it") from None
+    except Exception as exc:  # Pillow's parsers raise TypeError, struct.error, ... on malformed files
+        logger.debug("%s: Pillow failed to decode it", source, exc_info=True)
+        raise ImageError(
+            f"{source}: corrupt image (Pillow failed with {type(exc).__name__}: {exc}); re-export it"
+        ) from None
 
 
 def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Read and decode one image file."""
+    return decode_image(read_image_bytes(path), str(path), max_pixels)
+
+
+def read_image_bytes(path: Path) -> bytes:
+    """Read an image file's bytes, refusing folders, pipes and devices (reading them could
+    block forever) and files too large to be a screenshot (reading them could exhaust memory)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a folder, not an image") from None
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError(f"{path}: is a folder, not an image")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"{path}: is not a regular file (a pipe, socket or device); not read")
+        if info.st_size > MAX_IMAGE_BYTES:
+            raise ImageError(
+                f"{path}: {info.st_size} bytes is larger than the {MAX_IMAGE_BYTES}-byte limit for an "
+                "image; is this really a screenshot?"
+            )
+        return path.read_bytes()
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return decode_image(data, str(path), max_pixels)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

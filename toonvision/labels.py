@@ -6,6 +6,7 @@ dataset's labels (``RBC``, ``with_mask``, ``banana``) are accepted as they are.
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 from toonvision.constants import LABEL_PATTERN, MAX_LABEL_LENGTH, TOONVISION_GROUPS
@@ -14,11 +15,19 @@ from toonvision.errors import UsageError
 
 def normalise_label(raw: str) -> str:
     """Strip and lowercase a label; raise ValueError with the reason when it cannot be a file name."""
-    label = raw.strip().lower()
+    text = raw.strip()
+    label = text.lower()
     if not label:
         raise ValueError("empty label")
     if len(label) > MAX_LABEL_LENGTH:
         raise ValueError(f"label is {len(label)} characters long (at most {MAX_LABEL_LENGTH})")
+    if not text.isascii():  # checked before lower(): the Kelvin sign lowercases to ASCII 'k'
+        names = [f"U+{ord(c):04X} {unicodedata.name(c, '')}".rstrip() for c in dict.fromkeys(text) if not c.isascii()]
+        odd = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ValueError(
+            f"label {raw!r} holds non-ASCII characters ({odd}) that may look like a-z but are not; "
+            "retype it in labelImg with a-z, 0-9, '_' and '-'"
+        )
     if not LABEL_PATTERN.fullmatch(label) or label in (".", ".."):
         raise ValueError(
             f"label {raw!r} may only hold a-z, 0-9, '_' and '-' (no spaces, path separators, "

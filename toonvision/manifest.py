@@ -61,25 +61,28 @@ def load_manifest(path: Path) -> list[CropRecord]:
 
 
 def parse_manifest(text: str, path: Path | str = "manifest.csv") -> list[CropRecord]:
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None:
+    rows = csv.reader(io.StringIO(text))
+    header = next(rows, None)
+    if header is None:
         return []
-    missing = set(COLUMNS) - set(reader.fieldnames)
+    missing = set(COLUMNS) - set(header)
     if missing:
         raise PoolError(
             f"{path}: manifest lacks columns {sorted(missing)}; "
             "move it aside and run `toonvision extract` again"
         )
+    positions = [header.index(name) for name in COLUMNS]
+    is_int = [name in _INT_COLUMNS for name in COLUMNS]
     records = []
-    for line, row in enumerate(reader, start=2):
+    for line, row in enumerate(rows, start=2):
         try:
-            values = {k: int(row[k]) if k in _INT_COLUMNS else row[k] for k in COLUMNS}
-        except (TypeError, ValueError):
+            values = [int(row[i]) if numeric else row[i] for i, numeric in zip(positions, is_int)]
+        except (IndexError, ValueError):
             raise PoolError(
                 f"{path}: line {line} is damaged; "
                 "move the manifest aside and run `toonvision extract` again"
             ) from None
-        records.append(CropRecord(**values))
+        records.append(CropRecord(*values))
     return records
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,11 @@ from toonvision.errors import AnnotationError
 
 logger = logging.getLogger(__name__)
 
-_FORBIDDEN_MARKUP = (b"<!DOCTYPE", b"<!ENTITY", b"<!doctype", b"<!entity")
+_FORBIDDEN_MARKUP = tuple(  # in every encoding libxml2 detects on its own, so UTF-16 cannot hide them
+    markup.encode(encoding)
+    for markup in ("<!DOCTYPE", "<!ENTITY", "<!doctype", "<!entity")
+    for encoding in ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
+)
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,10 @@ def load_annotation(path: Path) -> ParsedAnnotation:
     """Read and parse one VOC XML file; every failure names the file."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        size = info.st_size
+        if not stat.S_ISREG(info.st_mode):
+            raise AnnotationError(f"{path}: is not a regular file (a folder, pipe, socket or device); not read")
         if size > MAX_XML_BYTES:
             raise AnnotationError(
                 f"{path}: {size} bytes is larger than the {MAX_XML_BYTES}-byte limit for an "
@@ -128,7 +136,7 @@ def parse_annotation(data: bytes | str, source: str = "<string>") -> ParsedAnnot
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
-        raise AnnotationError(f"{source}: not well-formed XML ({exc}); re-save it in labelImg") from None
+        raise AnnotationError(f"{source}: not well-formed XML ({' '.join(str(exc).split())}); re-save it in labelImg") from None
     tree = root.getroottree()
     if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
         raise AnnotationError(f"{source}: contains a DTD, which labelImg never writes; refusing to read it")

@@ -1,0 +1,156 @@
+"""Datasets: explicit class order, file order kept, decode once, plan and folders read the same."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from conftest import write_colour_pool  # noqa: E402
+from toonvision.augment import DEFAULT_AUGMENT  # noqa: E402
+from toonvision.datasets import (  # noqa: E402
+    find_undecodable,
+    from_directory,
+    from_plan,
+    label_mode_for,
+    list_split_files,
+)
+from toonvision.errors import ImageError, SplitError, UsageError  # noqa: E402
+from toonvision.split import plan_split, write_split  # noqa: E402
+from toonvision.tasks import get_task  # noqa: E402
+
+SIZE = (48, 44)
+
+
+@pytest.fixture
+def pool(tmp_path):
+    layout, records = write_colour_pool(tmp_path / "img", {"cog_bb_a": 10, "cog_lb_b": 10, "cog_cb_c": 10})
+    plan = plan_split(records, get_task("suit"), (0.6, 0.2, 0.2), seed=1)
+    return layout, plan
+
+
+def batches(dataset):
+    xs, ys = zip(*dataset.as_numpy_iterator())
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@pytest.mark.parametrize("classes, mode", [(2, "binary"), (3, "int"), (4, "int")])
+def test_label_mode_follows_the_head(classes, mode):
+    assert label_mode_for(classes) == mode
+
+
+def test_from_directory_uses_the_given_class_order_and_keeps_file_order(pool):
+    layout, plan = pool
+    task_dir = write_split(plan, layout)
+    classes = ["lb", "cb", "bb"]  # not alphabetical: labels must follow this order, never inferred
+    dataset = from_directory(task_dir / "test", classes, SIZE, batch_size=4)
+    assert dataset.class_names == classes
+    images, labels = batches(dataset)
+    assert images.shape == (len(dataset.file_paths), *SIZE, 3) and images.dtype == np.float32
+    folders = [path.split("/")[-2] for path in dataset.file_paths]
+    assert [classes[i] for i in labels] == folders
+    assert labels.tolist() == sorted(labels.tolist())  # file order: class by class
+
+
+def test_from_directory_binary_labels_are_float_columns(tmp_path):
+    layout, records = write_colour_pool(tmp_path / "img", {"cog_bb_a": 6, "toon_cat": 6})
+    task_dir = write_split(plan_split(records, get_task("binary"), (0.5, 0.5), seed=0), layout)
+    _, labels = batches(from_directory(task_dir / "train", ["cog", "toon"], SIZE))
+    assert labels.dtype == np.float32 and labels.shape == (6, 1)
+
+
+def test_from_plan_reads_exactly_what_from_directory_reads(pool):
+    layout, plan = pool
+    task_dir = write_split(plan, layout)
+    for split in ("train", "validate", "test"):
+        images_dir, labels_dir = batches(from_directory(task_dir / split, plan.classes, SIZE))
+        images_plan, labels_plan = batches(from_plan(plan, layout.pool, split, SIZE))
+        np.testing.assert_array_equal(labels_plan, labels_dir)
+        np.testing.assert_array_equal(images_plan, images_dir)
+
+
+def test_crops_are_decoded_once_per_run_not_every_epoch(pool):
+    layout, plan = pool
+    dataset = from_plan(plan, layout.pool, "train", SIZE, batch_size=4, shuffle=True, seed=3)
+    first, _ = batches(dataset)
+    for path in dataset.file_paths:  # the files are gone: a second epoch must come from the cache
+        (layout.pool / path).unlink()
+    second, _ = batches(dataset)
+    assert sorted(map(bytes, first)) == sorted(map(bytes, second))
+
+
+def test_shuffle_is_seeded_and_changes_every_epoch(pool):
+    layout, plan = pool
+    make = lambda seed: from_plan(plan, layout.pool, "train", SIZE, batch_size=4, shuffle=True, seed=seed)  # noqa: E731
+    dataset = make(3)
+    epoch1, epoch2 = batches(dataset)[1], batches(dataset)[1]
+    assert sorted(epoch1.tolist()) == sorted(epoch2.tolist())
+    assert epoch1.tolist() != epoch2.tolist()
+    assert batches(make(3))[1].tolist() == epoch1.tolist()
+
+
+def test_augmentation_changes_the_training_input(pool):
+    layout, plan = pool
+    plain = from_plan(plan, layout.pool, "train", SIZE, batch_size=4, shuffle=True, seed=3)
+    augmented = from_plan(plan, layout.pool, "train", SIZE, batch_size=4, shuffle=True, seed=3, augment=DEFAULT_AUGMENT)
+    x_plain, y_plain = batches(plain)
+    x_aug, y_aug = batches(augmented)
+    np.testing.assert_array_equal(y_plain, y_aug)  # same order, same labels ...
+    assert np.abs(x_plain - x_aug).mean() > 1.0  # ... different pixels
+
+
+def test_missing_class_folder_is_named(pool):
+    layout, plan = pool
+    task_dir = write_split(plan, layout)
+    with pytest.raises(SplitError, match=r"test/sb: class folder missing"):
+        from_directory(task_dir / "test", ["bb", "sb"], SIZE)
+
+
+def test_empty_class_folder_is_named(pool):
+    layout, plan = pool
+    task_dir = write_split(plan, layout)
+    for file in (task_dir / "test" / "cb").iterdir():
+        file.unlink()
+    with pytest.raises(SplitError, match=r"test/cb: no images"):
+        list_split_files(task_dir / "test", plan.classes)
+
+
+def test_missing_split_folder_is_named(tmp_path):
+    with pytest.raises(SplitError, match="no such folder"):
+        from_directory(tmp_path / "nowhere", ["a", "b"], SIZE)
+
+
+def test_split_without_a_class_is_an_error(pool):
+    layout, plan = pool
+    from dataclasses import replace
+
+    thinned = replace(plan, assignments=tuple(a for a in plan.assignments if not (a.cls == "cb" and a.split == "test")))
+    with pytest.raises(SplitError, match="no crops of class cb"):
+        from_plan(thinned, layout.pool, "test", SIZE)
+
+
+def test_an_undecodable_crop_is_named(pool):
+    layout, plan = pool
+    bad = layout.pool / plan.files("test")[0].crop
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    dataset = from_plan(plan, layout.pool, "test", SIZE)
+    with pytest.raises(tf.errors.OpError):
+        batches(dataset)
+    error = find_undecodable(dataset.file_paths)
+    assert isinstance(error, ImageError) and str(bad) in str(error)
+    assert find_undecodable(dataset.file_paths[1:]) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"shuffle": True}, "needs a seed"),
+        ({"batch_size": 0}, "batch size"),
+        ({"image_size": (0, 10)}, "image size"),
+    ],
+)
+def test_bad_arguments(pool, kwargs, message):
+    layout, plan = pool
+    with pytest.raises(UsageError, match=message):
+        from_plan(plan, layout.pool, "train", **{"image_size": SIZE, **kwargs})

@@ -1,0 +1,43 @@
+"""Balance figures: each function draws what it is given into a readable, non-empty PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from toonvision import plots
+
+LABELS = [f"cog_bb_label{i:02d}" for i in range(43)]
+
+
+def assert_png(path: Path) -> Image.Image:
+    assert path.is_file() and path.stat().st_size > 1000
+    with Image.open(path) as image:
+        image.load()
+        assert image.format == "PNG"
+        return image
+
+
+def test_label_counts_grow_wide_enough_for_43_labels(tmp_path: Path) -> None:
+    few = assert_png(plots.plot_label_counts(["a", "b"], [3, 5], tmp_path / "few.png", target=5))
+    many = assert_png(plots.plot_label_counts(LABELS, list(range(43)), tmp_path / "many.png", target=60))
+    assert many.width > 2 * few.width
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda p: plots.plot_label_counts(["bb", "lb"], [4, 2], p, xlabel="class"),
+        lambda p: plots.plot_split_counts(["Bossbot", "Lawbot"], {"train": [3, 2], "validate": [1, 1],
+                                                                  "test": [1, 0]}, p),
+        lambda p: plots.plot_crop_sizes([10, 50, 120, 90], [30, 200, 400, 90], p, small=(100, 300)),
+        lambda p: plots.plot_crop_sizes([12], [40], p),
+    ],
+)
+def test_each_figure_is_written_atomically_and_returned(tmp_path: Path, draw) -> None:
+    path = draw(tmp_path / "figure.png")
+    assert path == tmp_path / "figure.png"
+    assert_png(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]  # no temp file left behind

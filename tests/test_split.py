@@ -1,0 +1,475 @@
+"""Splitting the pool: stratified, group-aware, reproducible, and swapped in whole."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from toonvision import split as split_module
+from toonvision.cli import main
+from toonvision.errors import PoolError, PoolLockedError, SplitError, UsageError
+from toonvision.fsutil import locked
+from toonvision.manifest import CropRecord
+from toonvision.split import (
+    SplitPlan,
+    check_split_dirs,
+    file_names,
+    load_pool,
+    load_split,
+    plan_from_dict,
+    plan_split,
+    plan_to_dict,
+    run_split,
+    write_split,
+)
+from toonvision.tasks import get_task
+
+REPO = Path(__file__).resolve().parents[1]
+LABEL = get_task("label")
+SUIT = get_task("suit")
+
+
+def records(spec: list[tuple[str, str]]) -> list[CropRecord]:
+    """In-memory records from (label, source) pairs: the planner needs no disk."""
+    out = []
+    for n, (label, source) in enumerate(spec):
+        out.append(CropRecord(f"{label.split('_')[0]}/{label}_{n}.png", label, label.split("_")[0], n, source,
+                              0, 0, 10, 10, 10, 10, f"sha-{source}", f"c{n}"))
+    return out
+
+
+def one_per_source(counts: dict[str, int]) -> list[CropRecord]:
+    return records([(label, f"{label}-{i}") for label, n in counts.items() for i in range(n)])
+
+
+def screenshots(n_shots: int, labels: list[str], seed: int = 0, most: int = 6) -> list[CropRecord]:
+    """Screenshots holding 1..most crops of mixed labels, like real street scenes."""
+    rng = random.Random(seed)
+    return records([(rng.choice(labels), f"shot{s}") for s in range(n_shots) for _ in range(rng.randint(1, most))])
+
+
+def per_class_split(plan: SplitPlan) -> dict[str, list[int]]:
+    counts = plan.counts()
+    return {cls: [counts[cls, s] for s in plan.splits] for cls in plan.classes}
+
+
+# --- rounding and stratification ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "n, ratios, expected",
+    [
+        (10, (0.6, 0.2, 0.2), [6, 2, 2]),
+        (100, (0.6, 0.2, 0.2), [60, 20, 20]),
+        (9, (0.7, 0.3), [6, 3]),  # 6.3 / 2.7: the larger remainder wins
+        (11, (0.5, 0.3, 0.2), [6, 3, 2]),  # 5.5 / 3.3 / 2.2
+        (3, (0.6, 0.2, 0.2), [1, 1, 1]),  # at least one in each split
+        (4, (0.8, 0.1, 0.1), [2, 1, 1]),  # 3.2 / 0.4 / 0.4 -> one taken from train
+        (2, (0.5, 0.5), [1, 1]),
+    ],
+)
+def test_largest_remainder_counts(n: int, ratios: tuple[float, ...], expected: list[int]) -> None:
+    plan = plan_split(one_per_source({"a": n, "b": 10}), LABEL, ratios, seed=1, group=False)
+    assert per_class_split(plan)["a"] == expected
+
+
+@pytest.mark.parametrize("ratios", [(0.6, 0.2, 0.2), (0.7, 0.3), (0.8, 0.1, 0.1), (0.34, 0.33, 0.33)])
+@pytest.mark.parametrize("group", [False, True])
+def test_every_class_gets_its_rounded_share_and_one_crop_per_split(ratios, group) -> None:
+    sizes = {f"c{n:02d}": n for n in range(3, 41)}
+    plan = plan_split(one_per_source(sizes), LABEL, ratios, seed=5, group=group)
+    for cls, counts in per_class_split(plan).items():
+        n = sizes[cls]
+        exact = [n * r for r in ratios]
+        assert sum(counts) == n
+        assert all(c >= 1 for c in counts)
+        if all(q >= 1 for q in exact):  # no minimum-one correction needed: plain largest remainder
+            assert all(math.floor(q + 1e-9) <= c <= math.ceil(q - 1e-9) for c, q in zip(counts, exact))
+            assert sum(c - math.floor(q + 1e-9) for c, q in zip(counts, exact)) == n - sum(
+                math.floor(q + 1e-9) for q in exact)
+
+
+def test_plan_lists_every_task_crop_once_and_leaves_out_other_labels() -> None:
+    recs = one_per_source({"cog_bb_a": 5, "cog_lb_b": 5, "toon_cat": 7})
+    plan = plan_split(recs, SUIT, (0.6, 0.2, 0.2), seed=1)
+    assert plan.classes == ("bb", "lb")
+    assert sorted(a.crop for a in plan.assignments) == sorted(r.crop for r in recs if r.label.startswith("cog"))
+    assert plan.splits == ("train", "validate", "test")
+    assert sum(len(plan.files(s)) for s in plan.splits) == 10
+    assert plan.achieved_ratios()["bb"] == (0.6, 0.2, 0.2)
+
+
+# --- groups ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["binary", "suit", "label"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_screenshot_straddles_splits_and_every_class_is_everywhere(task: str, seed: int) -> None:
+    labels = ["cog_bb_a", "cog_lb_b", "cog_cb_c", "cog_sb_d", "toon_cat", "toon_dog"]
+    plan = plan_split(screenshots(300, labels, seed), get_task(task), (0.6, 0.2, 0.2), seed=seed)
+    splits_of_source = defaultdict(set)
+    for a in plan.assignments:
+        splits_of_source[a.source].add(a.split)
+    assert all(len(s) == 1 for s in splits_of_source.values())
+    counts = plan.counts()
+    assert all(counts[cls, s] >= 1 for cls in plan.classes for s in plan.splits)
+    for cls, achieved in plan.achieved_ratios().items():  # whole screenshots still land close to the ratios
+        assert all(abs(a - r) < 0.05 for a, r in zip(achieved, plan.ratios)), (cls, achieved)
+
+
+def test_a_class_in_few_screenshots_still_reaches_every_split() -> None:
+    # "rare" appears in exactly 3 screenshots, each shared with a common class
+    spec = [("cog_bb_a", f"s{i}") for i in range(60)] + [("cog_lb_rare", f"s{i}") for i in (0, 1, 2)]
+    spec += [("cog_lb_rare", "s0")] * 4
+    plan = plan_split(records(spec), LABEL, (0.6, 0.2, 0.2), seed=3)
+    assert all(n >= 1 for n in per_class_split(plan)["cog_lb_rare"])
+
+
+def test_too_few_screenshots_for_a_class_names_it_and_suggests_no_group() -> None:
+    spec = [("a", f"s{i}") for i in range(10)] + [("b", "x")] * 4 + [("b", "y")] * 3
+    with pytest.raises(SplitError, match=r"b has 7 crops from only 2 screenshots.*--no-group"):
+        plan_split(records(spec), LABEL, (0.6, 0.2, 0.2), seed=1)
+    plan = plan_split(records(spec), LABEL, (0.6, 0.2, 0.2), seed=1, group=False)
+    assert per_class_split(plan)["b"] == [4, 2, 1] or sum(per_class_split(plan)["b"]) == 7
+
+
+# --- reproducibility ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_same_seed_same_split_whatever_the_record_order(group: bool) -> None:
+    recs = screenshots(200, ["a", "b", "c"], seed=4)
+    shuffled = list(recs)
+    random.Random(9).shuffle(shuffled)
+    assert plan_split(recs, LABEL, (0.6, 0.2, 0.2), 7, group) == plan_split(shuffled, LABEL, (0.6, 0.2, 0.2), 7, group)
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_different_seeds_different_splits(group: bool) -> None:
+    recs = screenshots(200, ["a", "b", "c"], seed=4)
+    plans = [plan_split(recs, LABEL, (0.6, 0.2, 0.2), seed, group) for seed in range(5)]
+    assert len({p.assignments for p in plans}) == 5
+
+
+def test_planning_uses_no_global_random_state() -> None:
+    recs = screenshots(50, ["a", "b", "c"])
+    state = random.getstate()
+    plan_split(recs, LABEL, (0.6, 0.2, 0.2), 1)
+    assert random.getstate() == state
+
+
+# --- small classes and bad options -------------------------------------------------------------
+
+
+def test_tiny_classes_are_an_error_naming_them_and_the_fix() -> None:
+    recs = one_per_source({"big": 20, "toon_horse": 2, "solo": 1})
+    with pytest.raises(SplitError) as info:
+        plan_split(recs, LABEL, (0.6, 0.2, 0.2), 1)
+    message = str(info.value)
+    assert "toon_horse has 2 crops" in message and "solo has 1 crop" in message
+    assert "--min-per-class 3" in message
+
+
+def test_min_per_class_leaves_tiny_classes_out_with_a_warning(caplog) -> None:
+    recs = one_per_source({"big": 20, "other": 9, "toon_horse": 2})
+    with caplog.at_level(logging.WARNING, logger="toonvision.split"):
+        plan = plan_split(recs, LABEL, (0.6, 0.2, 0.2), 1, min_per_class=3)
+    assert plan.classes == ("big", "other")
+    assert plan.excluded == (("toon_horse", 2),)
+    assert "toon_horse" in caplog.text and "2 crops" in caplog.text
+    assert not any(a.label == "toon_horse" for a in plan.assignments)
+
+
+def test_two_ratios_need_two_crops_per_class() -> None:
+    plan = plan_split(one_per_source({"a": 2, "b": 2}), LABEL, (0.7, 0.3), 1)
+    assert plan.splits == ("train", "validate")
+    assert per_class_split(plan) == {"a": [1, 1], "b": [1, 1]}
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"a": 10}, "fewer than 2 classes"),
+        ({"toon_cat": 10, "toon_dog": 10}, "no crop of the pool belongs to task suit"),
+    ],
+)
+def test_tasks_without_two_classes_are_refused(spec, message) -> None:
+    with pytest.raises(SplitError, match=message):
+        plan_split(one_per_source(spec), SUIT if "toon_cat" in spec else LABEL, (0.6, 0.2, 0.2), 1)
+
+
+@pytest.mark.parametrize(
+    "ratios",
+    [(0.5, 0.6), (1.0,), (0.25, 0.25, 0.25, 0.25), (0.8, 0.2, 0.0), (-0.2, 0.6, 0.6), (float("nan"), 0.5, 0.5)],
+)
+def test_bad_ratios_are_usage_errors(ratios) -> None:
+    with pytest.raises(UsageError, match="2 or 3 positive numbers summing to 1"):
+        plan_split(one_per_source({"a": 5, "b": 5}), LABEL, ratios, 1)
+
+
+def test_two_labels_becoming_one_name_class_are_refused() -> None:
+    recs = one_per_source({"cog_bb_twin": 5, "cog_lb_twin": 5, "cog_cb_other": 5})
+    with pytest.raises(SplitError, match="cog_bb_twin, cog_lb_twin all become class 'twin'"):
+        plan_split(recs, get_task("name"), (0.6, 0.2, 0.2), 1)
+
+
+# --- writing, reading back ---------------------------------------------------------------------
+
+
+def test_write_split_makes_hard_linked_class_folders_and_records_the_plan(make_pool) -> None:
+    layout, recs = make_pool({"cog_bb_a": 6, "cog_lb_b": 5, "toon_cat": 4})
+    plan = plan_split(recs, SUIT, (0.6, 0.2, 0.2), seed=2)
+    task_dir = write_split(plan, layout)
+    assert task_dir == layout.task_data("suit")
+    for split in plan.splits:
+        assert sorted(p.name for p in (task_dir / split).iterdir()) == ["bb", "lb"]
+    for a, rel in zip(plan.assignments, file_names(plan)):
+        linked, original = task_dir / rel, layout.pool / a.crop
+        assert rel.startswith(f"{a.split}/{a.cls}/")
+        assert os.path.samefile(linked, original)  # a hard link: no copy, and the pool keeps its file
+    rows = (task_dir / "split.csv").read_text().splitlines()
+    assert rows[0] == "crop,label,class,split,file,source,source_sha256,seed"
+    assert len(rows) == 1 + len(plan.assignments)
+    assert json.loads((task_dir / "split.json").read_text())["classes"] == ["bb", "lb"]
+    assert load_split(task_dir) == plan
+    check_split_dirs(task_dir, plan.classes)
+    assert all((layout.pool / r.crop).exists() for r in recs)
+
+
+def test_plan_survives_json(make_pool) -> None:
+    _, recs = make_pool({"a": 4, "b": 5})
+    plan = plan_split(recs, LABEL, (0.7, 0.3), seed=8, group=False)
+    assert plan_from_dict(json.loads(json.dumps(plan_to_dict(plan)))) == plan
+
+
+@pytest.mark.parametrize("crop", ["../../etc/passwd", "/etc/passwd", "a/../../b.png"])
+def test_a_plan_from_a_file_cannot_point_outside_the_pool(crop: str) -> None:
+    plan = plan_split(one_per_source({"a": 3, "b": 3}), LABEL, (0.6, 0.2, 0.2), 1)
+    data = plan_to_dict(plan)
+    data["assignments"][0][0] = crop
+    with pytest.raises(SplitError, match="outside the pool"):
+        plan_from_dict(data, "best.json")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: (d / "split.json").write_text("{not json"),
+        lambda d: (d / "split.csv").write_text("crop,label\nx,y\n"),
+        lambda d: (d / "split.csv").write_text((d / "split.csv").read_text() + "cog/short_row.png,a\n"),
+        lambda d: (d / "split.json").unlink(),
+    ],
+)
+def test_a_damaged_split_is_a_split_error_saying_to_split_again(make_pool, damage) -> None:
+    layout, recs = make_pool({"a": 3, "b": 3})
+    task_dir = write_split(plan_split(recs, LABEL, (0.6, 0.2, 0.2), 1), layout)
+    damage(task_dir)
+    with pytest.raises(SplitError, match="run `toonvision split --task label` again"):
+        load_split(task_dir)
+
+
+def test_resplit_replaces_the_old_split_whole(make_pool) -> None:
+    layout, recs = make_pool({"a": 10, "b": 10})
+    first = write_split(plan_split(recs, LABEL, (0.6, 0.2, 0.2), 1), layout)
+    (first / "train" / "a" / "stray.png").write_bytes(b"x")
+    second = plan_split(recs, LABEL, (0.5, 0.5), 2)
+    write_split(second, layout)
+    on_disk = {p.relative_to(first).as_posix() for p in first.rglob("*.png")}
+    assert on_disk == set(file_names(second))
+    assert sorted(p.name for p in layout.data.iterdir()) == ["label"]  # no temp or .old folder left
+
+
+def test_missing_pool_file_is_a_pool_error_and_the_old_split_stays(make_pool) -> None:
+    layout, recs = make_pool({"a": 5, "b": 5})
+    old = plan_split(recs, LABEL, (0.6, 0.2, 0.2), 1)
+    write_split(old, layout)
+    (layout.pool / recs[0].crop).unlink()
+    with pytest.raises(PoolError, match=recs[0].crop.split("/")[-1]):
+        write_split(plan_split(recs, LABEL, (0.6, 0.2, 0.2), 2), layout)
+    assert load_split(layout.task_data("label")) == old
+    assert sorted(p.name for p in layout.data.iterdir()) == ["label"]
+
+
+def test_copies_where_hard_links_are_impossible(make_pool, monkeypatch) -> None:
+    layout, recs = make_pool({"a": 3, "b": 3})
+
+    def no_links(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(split_module.os, "link", no_links)
+    plan = plan_split(recs, LABEL, (0.6, 0.2, 0.2), 1)
+    task_dir = write_split(plan, layout)
+    for a, rel in zip(plan.assignments, file_names(plan)):
+        assert (task_dir / rel).read_bytes() == (layout.pool / a.crop).read_bytes()
+        assert not os.path.samefile(task_dir / rel, layout.pool / a.crop)
+
+
+def test_same_file_name_from_two_pool_folders_gets_distinct_names() -> None:
+    recs = [CropRecord(f"{folder}/x_0.png", "x", folder, 0, f"s{i}", 0, 0, 1, 1, 1, 1, f"h{i}", "c")
+            for i, folder in enumerate(("p", "q", "r"))] + one_per_source({"y": 3})
+    plan = plan_split(recs, get_task("label"), (0.6, 0.2, 0.2), 1, group=False)
+    names = file_names(plan)
+    assert len(set(names)) == len(names)
+
+
+def test_check_split_dirs_catches_a_missing_or_extra_class_folder(make_pool) -> None:
+    layout, recs = make_pool({"a": 3, "b": 3})
+    task_dir = write_split(plan_split(recs, LABEL, (0.6, 0.2, 0.2), 1), layout)
+    (task_dir / "test" / "c").mkdir()
+    with pytest.raises(SplitError, match=r"unexpected folders \['c'\]"):
+        check_split_dirs(task_dir, ("a", "b"))
+    with pytest.raises(SplitError, match=r"train: missing class folders \['c', 'z'\]"):
+        check_split_dirs(task_dir, ("a", "b", "c", "z"))
+
+
+def test_deleted_pool_crops_are_left_out_with_a_warning(make_pool, caplog) -> None:
+    layout, recs = make_pool({"a": 4, "b": 4})
+    (layout.pool / recs[0].crop).unlink()
+    with caplog.at_level(logging.WARNING, logger="toonvision.split"):
+        kept, missing = load_pool(layout)
+    assert missing == (recs[0].crop,)
+    assert len(kept) == 7
+    assert "no longer in the pool" in caplog.text
+
+
+def test_no_pool_says_run_extract_first(tmp_path: Path) -> None:
+    from toonvision.layout import Layout
+
+    layout = Layout.from_dirs(tmp_path / "img")
+    with pytest.raises(PoolError, match="run `toonvision extract` first"):
+        run_split(layout, SUIT, (0.6, 0.2, 0.2), 1)
+    assert not (tmp_path / "img").exists()  # nothing created on the way
+
+
+def test_split_waits_for_nobody_and_reports_the_lock_holder(make_pool) -> None:
+    layout, _ = make_pool({"a": 3, "b": 3})
+    with locked(layout.lock_file, "img"):
+        with pytest.raises(PoolLockedError, match=f"pid {os.getpid()}"):
+            run_split(layout, LABEL, (0.6, 0.2, 0.2), 1)
+
+
+# --- crash safety ------------------------------------------------------------------------------
+
+_KILLED_WRITER = """
+import sys
+from toonvision.layout import Layout
+from toonvision.split import load_pool, plan_split, write_split
+from toonvision.tasks import get_task
+layout = Layout.from_dirs(sys.argv[1])
+records, _ = load_pool(layout)
+plan = plan_split(records, get_task("label"), (0.6, 0.2, 0.2), int(sys.argv[2]))
+print("ready", flush=True)
+write_split(plan, layout)
+print("done", flush=True)
+"""
+
+
+def test_a_kill_during_resplit_leaves_the_old_split_or_the_new_one(make_pool) -> None:
+    layout, recs = make_pool({f"label{i}": 100 for i in range(6)})
+    pool_before = sorted(p.relative_to(layout.pool).as_posix() for p in layout.pool.rglob("*.png"))
+    task_dir = write_split(plan_split(recs, LABEL, (0.6, 0.2, 0.2), 0), layout)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    outcomes = Counter()
+    for attempt, delay in enumerate([0.0, 0.005, 0.02, 0.05, 0.15]):
+        before = load_split(task_dir)
+        seed = attempt + 1
+        proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(layout.img_dir), str(seed)],
+                                env=env, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+
+        after = load_split(task_dir)  # as the next command sees it (an interrupted swap is finished)
+        assert after.seed in (before.seed, seed)
+        assert after == (before if after.seed == before.seed else plan_split(recs, LABEL, (0.6, 0.2, 0.2), seed))
+        on_disk = {p.relative_to(task_dir).as_posix() for p in task_dir.rglob("*.png")}
+        assert on_disk == set(file_names(after))
+        check_split_dirs(task_dir, after.classes)
+        outcomes["new" if after.seed == seed else "old"] += 1
+    assert sorted(p.relative_to(layout.pool).as_posix() for p in layout.pool.rglob("*.png")) == pool_before
+    write_split(plan_split(recs, LABEL, (0.6, 0.2, 0.2), 99), layout)  # the next run cleans up
+    assert sorted(p.name for p in layout.data.iterdir()) == ["label"], outcomes
+
+
+def test_a_kill_between_the_swap_renames_is_rolled_back_by_the_next_reader(make_pool) -> None:
+    layout, recs = make_pool({"a": 3, "b": 3})
+    plan = plan_split(recs, LABEL, (0.6, 0.2, 0.2), 1)
+    task_dir = write_split(plan, layout)
+    task_dir.rename(task_dir.with_name("label.old"))  # the state right after the first rename
+    assert load_split(task_dir) == plan
+    assert not task_dir.with_name("label.old").exists()
+
+
+# --- Keras reads the folders -------------------------------------------------------------------
+
+
+def test_keras_reads_every_split_with_the_same_class_names(make_pool) -> None:
+    tf = pytest.importorskip("tensorflow")
+    layout, recs = make_pool({"cog_bb_a": 4, "cog_lb_b": 5, "cog_sb_c": 3, "toon_cat": 3})
+    result = run_split(layout, SUIT, (0.6, 0.2, 0.2), seed=3)
+    index = {cls: i for i, cls in enumerate(result.plan.classes)}
+    for split in result.plan.splits:
+        dataset = tf.keras.utils.image_dataset_from_directory(
+            result.path / split, image_size=(8, 8), batch_size=64, shuffle=False, verbose=False)
+        assert dataset.class_names == ["bb", "lb", "sb"]
+        labels = [int(y) for _, batch in dataset for y in batch]
+        assert Counter(labels) == Counter(index[a.cls] for a in result.plan.files(split))
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def test_cli_split_prints_the_table_and_the_chosen_seed(make_pool, tmp_path: Path) -> None:
+    layout, _ = make_pool({"cog_bb_a": 5, "cog_lb_b": 5})
+    result = CliRunner().invoke(main, ["--img-dir", str(layout.img_dir), "split", "--task", "suit",
+                                       "--ratio", "0.6", "0.2", "0.2"])
+    assert result.exit_code == 0, result.output
+    assert "bb (Bossbot)" in result.output and "was chosen at random; pass --seed" in result.output
+    seed = load_split(layout.task_data("suit")).seed
+    assert f"--seed {seed}" in result.output
+
+
+@pytest.mark.parametrize(
+    "ratio, message",
+    [(["0.5", "0.6"], "summing to 1"), (["0.6", "abc"], "expected 2 or 3 numbers"), ([], "expected 2 or 3"),
+     (["0.2", "0.2", "0.2", "0.4"], "summing to 1")],
+)
+def test_cli_bad_ratio_is_a_usage_error(make_pool, ratio: list[str], message: str) -> None:
+    layout, _ = make_pool({"a": 3, "b": 3})
+    result = CliRunner().invoke(main, ["--img-dir", str(layout.img_dir), "split", "--task", "label",
+                                       "--ratio", *ratio])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--task", "nope"], 2, "known tasks: binary, suit, name, animal, label"),
+        (["--task", "label", "--seed", "-1"], 2, "--seed"),
+        (["--task", "label", "--ratio", "0.5", "0.5", "--no-group", "--seed", "4"], 0, "not grouped"),
+        (["--task", "label", "--min-per-class", "3"], 0, "left out by --min-per-class: c (2)"),
+        (["--task", "label"], 1, "c has 2 crops"),
+    ],
+)
+def test_cli_split_options(make_pool, args: list[str], code: int, message: str) -> None:
+    layout, _ = make_pool({"a": 3, "b": 4, "c": 2})
+    result = CliRunner().invoke(main, ["--img-dir", str(layout.img_dir), "split", *args])
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output

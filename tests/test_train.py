@@ -1,0 +1,305 @@
+"""Repeated training: honest selection, independent runs, crash-safe outputs, clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from conftest import write_colour_pool  # noqa: E402
+from toonvision.errors import ImageError, PoolError, SplitError, TrainingError, UsageError  # noqa: E402
+from toonvision.layout import Layout  # noqa: E402
+from toonvision.split import load_split, plan_from_dict  # noqa: E402
+from toonvision.train import (  # noqa: E402
+    BEST_INFO,
+    BEST_MODEL,
+    HISTORIES,
+    LEDGER,
+    RunRecord,
+    TrainConfig,
+    _save_model,
+    choose_best,
+    describe,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(image_size=(48, 44), batch_size=4, epochs=1, seed=5)  # 20 crops: 12/4/4, whole batches
+
+
+def run(k, val_loss, val_accuracy, test_loss=0.5, test_accuracy=0.5):
+    return RunRecord(k, 100 + k, 1, 0.4, 0.8, val_loss, val_accuracy, test_loss, test_accuracy, 1.0)
+
+
+def ledger(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+BINARY_POOL = {"cog_bb_a": 10, "toon_cat": 10}
+
+
+@pytest.fixture
+def binary_pool(tmp_path):
+    return write_colour_pool(tmp_path / "img", BINARY_POOL)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One uninterrupted 3-run training, shared by the tests that inspect one (TF runs are slow)."""
+    import toonvision.models
+
+    layout, records = write_colour_pool(tmp_path_factory.mktemp("trained") / "img", BINARY_POOL)
+    built, real_build = [], toonvision.models.build_model
+    toonvision.models.build_model = lambda *a, **k: built.append(real_build(*a, **k)) or built[-1]
+    try:
+        result = train(layout, TrainConfig(task="binary", runs=3, **TINY))
+    finally:
+        toonvision.models.build_model = real_build
+    return layout, records, result, built
+
+
+# -- selection ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "runs, chosen",
+    [
+        # run 1 has by far the best test score but a worse validation loss: not chosen
+        ([run(0, 0.30, 0.90, test_accuracy=0.70), run(1, 0.35, 0.95, test_loss=0.01, test_accuracy=1.0)], 0),
+        # equal validation loss: higher validation accuracy wins
+        ([run(0, 0.30, 0.80), run(1, 0.30, 0.90)], 1),
+        # equal on both: the earlier run
+        ([run(0, 0.30, 0.90), run(1, 0.30, 0.90)], 0),
+        # a diverged run (NaN loss) never wins
+        ([run(0, math.nan, 1.0), run(1, 2.0, 0.5)], 1),
+        ([run(0, 0.7, 0.5)], 0),
+    ],
+)
+def test_choose_best_reads_validation_only(runs, chosen):
+    assert choose_best(runs).run == chosen
+
+
+def test_choose_best_ignores_test_metrics_entirely():
+    runs = [run(0, 0.3, 0.9), run(1, 0.4, 0.9)]
+    flipped = [run(0, 0.3, 0.9, 9.0, 0.0), run(1, 0.4, 0.9, 0.0, 1.0)]
+    assert choose_best(runs).run == choose_best(flipped).run == 0
+
+
+def test_describe():
+    stats = describe([0.5, 1.0, 0.75, 0.75])
+    assert stats == {"mean": 0.75, "median": 0.75, "std": pytest.approx(0.1767767), "min": 0.5, "max": 1.0}
+    assert describe([0.3])["std"] == 0.0
+
+
+def test_ledger_rows_round_trip_exactly():
+    record = RunRecord(3, 8, 25, 0.1 + 0.2, 1 / 3, 0.123456789012345, 0.9, 0.5, 2 / 3, 12.5)
+    row = dict(zip([f for f in RunRecord.__dataclass_fields__], record.to_row()))
+    assert RunRecord.from_row(row) == record
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"runs": 0}, "--runs"),
+        ({"epochs": 0}, "--epochs"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"model": "vgg"}, "unknown model"),
+        ({"ratios": (0.5, 0.5)}, "three numbers"),
+        ({"ratios": (0.5, 0.3, 0.3)}, "summing to 1"),
+        ({"resume": True, "overwrite": True}, "contradict"),
+        ({"seed": -1}, "--seed"),
+    ],
+)
+def test_bad_options_are_usage_errors(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        TrainConfig(task="binary", **kwargs)
+
+
+def test_augmentation_defaults_to_the_model():
+    assert TrainConfig(task="binary", model="optimized").augmented
+    assert not TrainConfig(task="binary", model="baseline").augmented
+    assert TrainConfig(task="binary", model="baseline", augment=True).augmented
+
+
+# -- training --------------------------------------------------------------------------------
+
+
+def test_runs_are_independent_and_the_best_is_kept(trained):
+    layout, records, result, built = trained
+    out = layout.task_models("binary")
+    rows = ledger(out / LEDGER)
+    assert [(r["run"], r["seed"], r["epochs"]) for r in rows] == [("0", "5", "1"), ("1", "6", "1"), ("2", "7", "1")]
+    assert result.best == choose_best(result.runs)
+    # fresh model and optimizer per run: each optimizer counted only its own run's steps
+    built = built[:3]  # (one more is built only to draw the architecture)
+    assert len({id(m) for m in built}) == len({id(m.optimizer) for m in built}) == 3
+    steps = [int(m.optimizer.iterations.numpy()) for m in built]
+    assert steps[0] == steps[1] == steps[2] > 0
+
+    info = json.loads((out / BEST_INFO).read_text())
+    assert info["classes"] == ["cog", "toon"] and info["display_names"] == {"cog": "Cog", "toon": "Toon"}
+    assert (info["task"], info["model"], info["image_size"]) == ("binary", "baseline", [48, 44])
+    assert (info["run"], info["seed"]) == (result.best.run, result.best.seed)
+    assert info["metrics"]["test"]["accuracy"] == result.best.test_accuracy
+    assert set(info["versions"]) == {"toonvision", "tensorflow", "keras"}
+    # every run re-split the pool; the chosen run's split is what img/data/ now holds
+    histories = [json.loads(line) for line in (out / HISTORIES).read_text().splitlines()]
+    assert [h["run"] for h in histories] == [0, 1, 2] and len(histories[0]["history"]["val_loss"]) == 1
+    plan = plan_from_dict(info["split"])
+    on_disk = load_split(layout.task_data("binary"))
+    assert on_disk.assignments == plan.assignments and on_disk.seed == result.best.seed
+    from toonvision.split import plan_split
+    from toonvision.tasks import get_task
+
+    splits = [plan_split(records, get_task("binary"), (0.6, 0.2, 0.2), s).assignments for s in (5, 6, 7)]
+    assert len(set(splits)) == 3
+    assert {p.name for p in result.plots} == {"training_curves.png", "test_metrics.png", "architecture.png"}
+    summary = result.summary()
+    assert f"run {result.best.run} (seed {result.best.seed})" in summary and "median" in summary
+
+
+def test_multiclass_training_uses_a_softmax_head_and_augmentation(tmp_path):
+    layout, _ = write_colour_pool(tmp_path / "img", {"cog_bb_a": 8, "cog_lb_b": 8, "cog_cb_c": 8})
+    result = train(layout, TrainConfig(task="suit", model="optimized", runs=1, **{**TINY, "epochs": 2}))
+    info = json.loads((layout.task_models("suit") / BEST_INFO).read_text())
+    assert info["classes"] == ["bb", "cb", "lb"] and info["augment"] is True and info["dropout"] == 0.5
+    model = keras.models.load_model(layout.task_models("suit") / BEST_MODEL)
+    assert model.output_shape == (None, 3)
+    assert len(result.runs) == 1
+
+
+def test_saved_model_reloads_and_predicts_exactly(tmp_path):
+    from toonvision.models import build_model
+
+    model = build_model("optimized", 2, (48, 44), seed=0)
+    x = np.random.default_rng(0).uniform(0, 255, (6, 48, 44, 3)).astype("float32")
+    model.fit(x, np.array([[0], [1]] * 3, "float32"), epochs=1, verbose=0)
+    path = tmp_path / "best.keras"
+    _save_model(model, path)
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_existing_training_needs_resume_or_overwrite(binary_pool):
+    layout, _ = binary_pool
+    train(layout, TrainConfig(task="binary", runs=1, **TINY))
+    before = (layout.task_models("binary") / BEST_MODEL).read_bytes()
+    with pytest.raises(UsageError, match="--resume.*--overwrite"):
+        train(layout, TrainConfig(task="binary", runs=1, **TINY))
+    assert (layout.task_models("binary") / BEST_MODEL).read_bytes() == before
+    with pytest.raises(UsageError, match="epochs=1 \\(now 2\\)"):
+        train(layout, TrainConfig(task="binary", runs=2, resume=True, **{**TINY, "epochs": 2}))
+    # resume with every run done: nothing retrained
+    again = train(layout, TrainConfig(task="binary", runs=1, resume=True, **TINY))
+    assert again.resumed == 1 and len(again.runs) == 1
+    # overwrite starts a new ledger
+    fresh = train(layout, TrainConfig(task="binary", runs=1, overwrite=True, **{**TINY, "seed": 9}))
+    assert [r.seed for r in fresh.runs] == [9]
+    assert [r["seed"] for r in ledger(layout.task_models("binary") / LEDGER)] == ["9"]
+
+
+def test_resume_after_a_real_kill_matches_an_uninterrupted_training(tmp_path, trained):
+    layout, _ = write_colour_pool(tmp_path / "img", BINARY_POOL)
+    killed = tmp_path / "killed"
+    command = [
+        sys.executable, "-m", "toonvision", "--img-dir", str(layout.img_dir), "--models-dir", str(killed), "-q",
+        "train", "--task", "binary", "--runs", "3", "--epochs", "1", "--seed", "5",
+        "--image-size", "48x44", "--batch-size", "4",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    runs_csv = killed / "binary" / LEDGER
+    deadline = time.monotonic() + 180
+    while not (runs_csv.exists() and len(ledger(runs_csv)) >= 1):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "the first run never finished"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    survived = ledger(runs_csv)
+    assert 1 <= len(survived) <= 3
+
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+
+    after = ledger(runs_csv)
+    clean = ledger(trained[0].task_models("binary") / LEDGER)  # the same pool, trained without a kill
+    key = lambda rows: [(r["run"], r["seed"], r["epochs"]) for r in rows]  # noqa: E731
+    assert key(after) == key(clean) == [("0", "5", "1"), ("1", "6", "1"), ("2", "7", "1")]
+    assert after[: len(survived)] == survived  # finished runs were kept, not redone
+    info = json.loads((killed / "binary" / BEST_INFO).read_text())
+    assert info["run"] == choose_best([RunRecord.from_row(r) for r in after]).run
+    histories = (killed / "binary" / HISTORIES).read_text().splitlines()
+    assert [json.loads(line)["run"] for line in histories] == [0, 1, 2]
+    assert not (killed / "binary" / ".work").exists()
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+def test_empty_pool(tmp_path):
+    layout = Layout.from_dirs(tmp_path / "img", tmp_path / "models")
+    with pytest.raises(PoolError, match="extract"):
+        train(layout, TrainConfig(task="binary", **TINY))
+    assert not layout.task_models("binary").exists()
+
+
+def test_task_with_one_class(tmp_path):
+    layout, _ = write_colour_pool(tmp_path / "img", {"cog_bb_a": 6, "cog_bb_b": 6})
+    with pytest.raises(SplitError, match="fewer than 2 classes"):
+        train(layout, TrainConfig(task="binary", **TINY))
+    assert not layout.task_models("binary").exists()
+
+
+def test_undecodable_crop_is_named_and_nothing_is_kept(binary_pool):
+    layout, records = binary_pool
+    bad = layout.pool / records[3].crop
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(ImageError, match=str(bad)):
+        train(layout, TrainConfig(task="binary", **TINY))
+    out = layout.task_models("binary")
+    assert not (out / BEST_MODEL).exists() and not (out / LEDGER).exists()
+
+
+def test_unwritable_models_folder(binary_pool, tmp_path):
+    layout, _ = binary_pool
+    blocker = tmp_path / "models-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(TrainingError, match="cannot write there"):
+        train(Layout.from_dirs(layout.img_dir, blocker), TrainConfig(task="binary", **TINY))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--runs", "0"], "--runs"),
+        (["--image-size", "600by200"], "HEIGHTxWIDTH"),
+        (["--resume", "--overwrite"], "contradict"),
+        (["--model", "vgg"], "vgg"),
+    ],
+)
+def test_cli_usage_errors_exit_2_without_traceback(tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from toonvision.cli import main
+
+    result = CliRunner().invoke(
+        main, ["--img-dir", str(tmp_path / "img"), "--models-dir", str(tmp_path / "m"), "train", "--task", "binary", *args]
+    )
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output

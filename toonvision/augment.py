@@ -1,0 +1,147 @@
+"""Training-time augmentation as one fused affine resample per image, in the input pipeline.
+
+The original ``optimized`` model stacked three Keras layers (RandomFlip("horizontal"),
+RandomRotation(0.075), RandomZoom(0.2)); each resampled the full 600x200 image, and the
+result was then discarded by mistake. Here the three random transforms are composed into
+one 3x3 matrix per image and applied with a single ``ImageProjectiveTransformV3`` call:
+the same distribution of flips, angles and zooms as the Keras layers, one resample
+instead of three, and only on training batches, so a saved model is pure inference.
+
+Matrices follow TensorFlow's convention: they map an *output* pixel (x, y) to the input
+point it samples. Applying flip F, then rotation R, then zoom Z therefore samples
+``input(F @ R @ Z @ p)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+FILL_MODES = ("reflect", "constant", "nearest", "wrap")
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Ranges of the random transforms, with the meaning of the Keras layers' arguments.
+
+    ``rotation`` is a fraction of a full turn (RandomRotation(factor)); ``zoom`` a
+    fraction of the size (RandomZoom(factor), same zoom on both axes); ``flip`` the
+    probability of a horizontal flip (RandomFlip("horizontal") uses 0.5).
+    """
+
+    flip: float = 0.5
+    rotation: float = 0.075
+    zoom: float = 0.2
+    fill_mode: str = "reflect"  # the Keras default for RandomRotation and RandomZoom
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.flip <= 1.0:
+            raise ValueError(f"flip must be a probability in [0, 1], got {self.flip}")
+        if not 0.0 <= self.rotation <= 0.5:
+            raise ValueError(f"rotation must be a fraction of a turn in [0, 0.5], got {self.rotation}")
+        if not 0.0 <= self.zoom < 1.0:
+            raise ValueError(f"zoom must be in [0, 1), got {self.zoom}")
+        if self.fill_mode not in FILL_MODES:
+            raise ValueError(f"fill_mode must be one of {FILL_MODES}, got {self.fill_mode!r}")
+
+
+DEFAULT_AUGMENT = AugmentSpec()
+
+
+def transform_matrices(
+    flips: "tf.Tensor", angles: "tf.Tensor", zooms: "tf.Tensor", height: int, width: int
+) -> "tf.Tensor":
+    """Fuse per-image flip (bool), rotation (radians, counter-clockwise) and zoom into
+    the (N, 8) projective rows that ``ImageProjectiveTransformV3`` takes.
+
+    Rotation and zoom are about the image centre, exactly as Keras' RandomRotation and
+    RandomZoom build theirs; a zoom factor above 1 shows more of the image (zooms out).
+    """
+    import tensorflow as tf
+
+    flips = tf.cast(tf.reshape(flips, [-1]), tf.float32)
+    angles = tf.cast(tf.reshape(angles, [-1]), tf.float32)
+    zooms = tf.cast(tf.reshape(zooms, [-1]), tf.float32)
+    cx = (float(width) - 1.0) / 2.0
+    cy = (float(height) - 1.0) / 2.0
+    zeros, ones = tf.zeros_like(angles), tf.ones_like(angles)
+
+    def matrix(rows: list[list["tf.Tensor"]]) -> "tf.Tensor":
+        return tf.stack([tf.stack(row, axis=-1) for row in rows], axis=-2)  # (N, 3, 3)
+
+    sign = 1.0 - 2.0 * flips  # -1 where flipped: x_in = (w - 1) - x_out
+    flip = matrix([[sign, zeros, flips * (width - 1.0)], [zeros, ones, zeros], [zeros, zeros, ones]])
+    cos, sin = tf.cos(angles), tf.sin(angles)
+    rotate = matrix([
+        [cos, -sin, cx - cx * cos + cy * sin],
+        [sin, cos, cy - cx * sin - cy * cos],
+        [zeros, zeros, ones],
+    ])
+    zoom = matrix([
+        [zooms, zeros, cx * (1.0 - zooms)],
+        [zeros, zooms, cy * (1.0 - zooms)],
+        [zeros, zeros, ones],
+    ])
+    fused = flip @ rotate @ zoom
+    return tf.reshape(fused, [-1, 9])[:, :8]
+
+
+def sample_parameters(
+    seed: "tf.Tensor", batch: "tf.Tensor | int", spec: AugmentSpec = DEFAULT_AUGMENT
+) -> tuple["tf.Tensor", "tf.Tensor", "tf.Tensor"]:
+    """Draw (flips, angles in radians, zooms) for ``batch`` images from a stateless seed."""
+    import tensorflow as tf
+
+    flip_seed, angle_seed, zoom_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    shape = tf.reshape(tf.cast(batch, tf.int32), [1])
+    flips = tf.random.stateless_uniform(shape, flip_seed) < spec.flip
+    turn = spec.rotation * 2.0 * math.pi
+    angles = tf.random.stateless_uniform(shape, angle_seed, minval=-turn, maxval=turn)
+    zooms = tf.random.stateless_uniform(shape, zoom_seed, minval=1.0 - spec.zoom, maxval=1.0 + spec.zoom)
+    return flips, angles, zooms
+
+
+def apply_transforms(images: "tf.Tensor", transforms: "tf.Tensor", fill_mode: str = "reflect") -> "tf.Tensor":
+    """Resample a (N, H, W, C) float batch once, bilinearly, with one row of ``transforms`` per image."""
+    import tensorflow as tf
+
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=tf.cast(transforms, tf.float32),
+        output_shape=tf.shape(images)[1:3],
+        fill_value=tf.constant(0.0, tf.float32),
+        interpolation="BILINEAR",
+        fill_mode=fill_mode.upper(),
+    )
+    return tf.ensure_shape(out, images.shape)
+
+
+def augment_batch(images: "tf.Tensor", seed: "tf.Tensor", spec: AugmentSpec = DEFAULT_AUGMENT) -> "tf.Tensor":
+    """Randomly flip, rotate and zoom every image of a float batch, reproducibly from ``seed``."""
+    import tensorflow as tf
+
+    images = tf.convert_to_tensor(images, tf.float32)
+    height, width = images.shape[1], images.shape[2]
+    if height is None or width is None:
+        raise ValueError("augment_batch needs images with a static height and width")
+    flips, angles, zooms = sample_parameters(seed, tf.shape(images)[0], spec)
+    return apply_transforms(images, transform_matrices(flips, angles, zooms, height, width), spec.fill_mode)
+
+
+def augment_dataset(dataset: "tf.data.Dataset", seed: int, spec: AugmentSpec = DEFAULT_AUGMENT) -> "tf.data.Dataset":
+    """Augment a batched ``(images, labels)`` dataset; different draws every epoch, same for the same seed.
+
+    Each batch takes its own stateless seed from ``tf.data.Dataset.random``, re-randomised on
+    every pass over the data, so augmentation does not depend on thread timing.
+    """
+    import tensorflow as tf
+
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    return tf.data.Dataset.zip((dataset, seeds)).map(
+        lambda batch, batch_seed: (augment_batch(batch[0], batch_seed, spec), batch[1]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )

@@ -1,0 +1,336 @@
+"""Compare models over the same re-splits: run k of every model trains and tests on split k.
+
+    pool ──plan_split(seed + k)──▶ split k ──▶ run k of baseline, run k of optimized, ...
+                                                  (fresh model, fresh optimizer, seed + k)
+    models/<task>/compare/                         (--out DIR)
+    ├── compare.json          options, per-model statistics, every run's metrics and split
+    ├── compare_runs.csv      model, run, seed, split, train/val/test loss and accuracy, seconds
+    ├── compare_histories.jsonl  per-epoch history of every run
+    ├── compare_curves.png    training curves averaged over runs, every model on one figure
+    └── compare_boxplots.png  test accuracy and test loss per model
+
+Giving every model the same splits makes the comparison paired: a split that happens to be
+easy helps every model equally, so the spread between models is not split luck. Nothing is
+written until every run has finished; a killed comparison leaves the previous outputs as they were.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from toonvision.constants import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_IMAGE_SIZE, DEFAULT_RATIOS
+from toonvision.errors import TrainingError, UsageError
+from toonvision.fsutil import atomic_write_text, locked
+from toonvision.layout import Layout
+
+if TYPE_CHECKING:
+    from toonvision.split import SplitPlan
+    from toonvision.train import RunRecord, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODELS = ("baseline", "optimized")
+DEFAULT_COMPARE_RUNS = 5
+COMPARE_DIR = "compare"
+COMPARE_JSON = "compare.json"
+COMPARE_CSV = "compare_runs.csv"
+COMPARE_HISTORIES = "compare_histories.jsonl"
+CURVES_PLOT = "compare_curves.png"
+BOXPLOT = "compare_boxplots.png"
+CURVE_KEYS = ("accuracy", "val_accuracy", "loss", "val_loss")
+_METRICS = ("test_accuracy", "test_loss")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What ``compare`` trains: every model of ``models`` on the same ``runs`` splits."""
+
+    task: str
+    models: tuple[str, ...] = DEFAULT_MODELS
+    runs: int = DEFAULT_COMPARE_RUNS
+    epochs: int = DEFAULT_EPOCHS
+    seed: int = 0
+    ratios: tuple[float, ...] = DEFAULT_RATIOS
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    group: bool = True
+    min_per_class: int | None = None
+    weights: str | None = "imagenet"  # mobilenetv2 only
+    task_config: Path | None = None
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        models = tuple(self.models)
+        if not models:
+            raise UsageError("--models needs at least one model name, e.g. --models baseline optimized")
+        if len(set(models)) != len(models):
+            raise UsageError(f"--models names a model twice: {' '.join(models)}")
+        object.__setattr__(self, "models", models)
+        for model in models:
+            self.train_config(model)  # validates the model name and every shared option
+
+    def train_config(self, model: str) -> "TrainConfig":
+        """The training options of one model's runs (shared by every model but the name)."""
+        from toonvision.train import TrainConfig
+
+        return TrainConfig(
+            task=self.task, model=model, runs=self.runs, epochs=self.epochs, seed=self.seed,
+            ratios=tuple(self.ratios), image_size=tuple(self.image_size), batch_size=self.batch_size,
+            group=self.group, min_per_class=self.min_per_class, weights=self.weights,
+            task_config=self.task_config, verbose=self.verbose,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task, "models": list(self.models), "runs": self.runs, "epochs": self.epochs,
+            "seed": self.seed, "ratios": [float(r) for r in self.ratios],
+            "image_size": [int(v) for v in self.image_size], "batch_size": self.batch_size,
+            "group": self.group, "min_per_class": self.min_per_class, "weights": self.weights,
+        }
+
+
+@dataclass(frozen=True)
+class ComparedRun:
+    """Run k of one model: its metrics, its per-epoch history, and a digest of the split it used."""
+
+    model: str
+    split: str
+    record: "RunRecord"
+    history: Mapping[str, Sequence[float | None]] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """Every run of every model, with per-model statistics and the files written."""
+
+    config: CompareConfig
+    classes: tuple[str, ...]
+    runs: tuple[ComparedRun, ...]
+    out: Path
+    files: tuple[Path, ...] = ()
+
+    def values(self, model: str, metric: str) -> list[float]:
+        return [float(getattr(r.record, metric)) for r in self.runs if r.model == model]
+
+    def statistics(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Per model and metric (test accuracy, test loss): median, mean, std, min, max over runs."""
+        return {m: {metric: describe(self.values(m, metric)) for metric in _METRICS} for m in self.config.models}
+
+    def table(self) -> str:
+        stats = self.statistics()
+        width = max(len("model"), *(len(m) for m in self.config.models))
+        head = (f"{'model':<{width}}  {'runs':>4}  {'test accuracy: median':>21}  {'mean':>6}  {'std':>6}"
+                f"  {'test loss: median':>17}  {'mean':>6}  {'std':>6}")
+        lines = [head]
+        for model in self.config.models:
+            a, l = stats[model]["test_accuracy"], stats[model]["test_loss"]
+            lines.append(
+                f"{model:<{width}}  {len(self.values(model, 'test_accuracy')):>4}  {a['median']:>21.4f}  "
+                f"{a['mean']:>6.4f}  {a['std']:>6.4f}  {l['median']:>17.4f}  {l['mean']:>6.4f}  {l['std']:>6.4f}"
+            )
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        c = self.config
+        lines = [
+            f"task {c.task}: {', '.join(c.models)} over the same {c.runs} split(s) (seeds {c.seed}..{c.seed + c.runs - 1}), "
+            f"{c.epochs} epoch(s), classes {', '.join(self.classes)}",
+            self.table(),
+        ]
+        if self.files:
+            lines.append(f"wrote {', '.join(p.name for p in self.files)} to {self.out}")
+        return "\n".join(lines)
+
+
+def describe(values: Sequence[float]) -> dict[str, float]:
+    """median, mean, std (population), min and max of the finite values; NaN when there are none."""
+    data = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if data.size == 0:
+        return {k: math.nan for k in ("median", "mean", "std", "min", "max")}
+    return {
+        "median": float(np.median(data)), "mean": float(data.mean()), "std": float(data.std()),
+        "min": float(data.min()), "max": float(data.max()),
+    }
+
+
+def mean_curves(histories: Sequence[Mapping[str, Sequence[float | None]]]) -> dict[str, list[float | None]]:
+    """Per key, the mean over runs of each epoch (runs missing an epoch or with NaN left out)."""
+    out: dict[str, list[float | None]] = {}
+    for key in CURVE_KEYS:
+        curves = [[math.nan if v is None else float(v) for v in h.get(key, ())] for h in histories]
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        stacked = np.full((len(curves), max(map(len, curves))), np.nan)
+        for row, curve in enumerate(curves):
+            stacked[row, : len(curve)] = curve
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an epoch where every run is NaN
+            mean = np.nanmean(stacked, axis=0)
+        out[key] = [float(v) if math.isfinite(v) else None for v in mean]
+    return out
+
+
+def split_digest(plan: "SplitPlan") -> str:
+    """A short fingerprint of which crop went to which split (equal digests: the same split)."""
+    lines = sorted(f"{a.crop}\t{a.cls}\t{a.split}" for a in plan.assignments)
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:16]
+
+
+def compare(layout: Layout, config: CompareConfig, out: Path | None = None, progress: bool = False) -> CompareResult:
+    """Train every model of ``config`` on the same ``config.runs`` splits and write the comparison."""
+    from toonvision.split import load_pool, plan_split
+    from toonvision.tasks import get_task
+
+    task = get_task(config.task, config.task_config)
+    configs = {m: config.train_config(m) for m in config.models}
+    weights = {m: _weights(c) for m, c in configs.items()}  # a missing weights file fails before training
+    with locked(layout.lock_file, str(layout.img_dir)):
+        records, _missing = load_pool(layout)
+    out = Path(out) if out is not None else layout.task_models(task.name) / COMPARE_DIR
+    _make_folder(out)
+    runs: list[ComparedRun] = []
+    classes: tuple[str, ...] = ()
+    with locked(out / ".lock", str(out)):
+        bar = _progress_bar(config, progress)
+        try:
+            for k in range(config.runs):
+                plan = plan_split(records, task, tuple(config.ratios), config.seed + k,
+                                  group=config.group, min_per_class=config.min_per_class)
+                if not classes:
+                    classes = tuple(plan.classes)
+                    if len(classes) < 2:
+                        raise TrainingError(f"task {task.name!r} has fewer than 2 classes in {layout.pool}")
+                digest = split_digest(plan)
+                for model in config.models:
+                    record, history = train_run(layout, configs[model], plan, k, weights[model])
+                    runs.append(ComparedRun(model, digest, record, history))
+                    bar.set_postfix_str(f"run {k} {model}: test accuracy {record.test_accuracy:.3f}")
+                    bar.update(1)
+        finally:
+            bar.close()
+        result = CompareResult(config, classes, tuple(runs), out)
+        files = write_comparison(result, out)
+    return CompareResult(config, classes, tuple(runs), out, tuple(files))
+
+
+def train_run(
+    layout: Layout, config: "TrainConfig", plan: "SplitPlan", k: int, weights: str | None
+) -> tuple["RunRecord", dict[str, list[float | None]]]:
+    """Run k of one model on ``plan``, exactly as ``toonvision train`` runs it (fresh model and optimizer)."""
+    from toonvision import train
+
+    record, history, model = train._run(layout, config, plan, k, weights)
+    del model
+    return record, dict(history)
+
+
+def write_comparison(result: CompareResult, out: Path) -> list[Path]:
+    """compare.json, compare_runs.csv, compare_histories.jsonl and the two figures, each atomically."""
+    from toonvision import plots
+
+    c = result.config
+    atomic_write_text(out / COMPARE_JSON, json.dumps(_json_safe({
+        "config": c.to_dict(),
+        "classes": list(result.classes),
+        "statistics": result.statistics(),
+        "runs": [{"model": r.model, "split": r.split, **_record_dict(r.record)} for r in result.runs],
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }), indent=2) + "\n")
+    atomic_write_text(out / COMPARE_CSV, _runs_csv(result.runs))
+    atomic_write_text(out / COMPARE_HISTORIES, "".join(
+        json.dumps(_json_safe({"model": r.model, "run": r.record.run, "seed": r.record.seed,
+                               "history": dict(r.history)})) + "\n"
+        for r in result.runs
+    ))
+    written = [out / COMPARE_JSON, out / COMPARE_CSV, out / COMPARE_HISTORIES]
+    title = f"{c.task}: {' vs '.join(c.models)}, {c.runs} shared split(s), {c.epochs} epoch(s)"
+    curves = {m: mean_curves([r.history for r in result.runs if r.model == m]) for m in c.models}
+    jobs = (
+        (CURVES_PLOT, lambda path: plots.plot_compare_curves(curves, path, title)),
+        (BOXPLOT, lambda path: plots.plot_compare_boxplots(
+            {m: result.values(m, "test_accuracy") for m in c.models},
+            {m: result.values(m, "test_loss") for m in c.models}, path, title)),
+    )
+    for name, draw in jobs:
+        try:
+            written.append(draw(out / name))
+        except Exception as exc:  # a figure is never worth the runs that produced the numbers
+            logger.warning("%s: could not draw this plot (%s: %s); skipped", out / name, type(exc).__name__, exc)
+    return written
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities (a diverged run) become null, so the file stays valid JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _record_dict(record: "RunRecord") -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(record)
+
+
+def _runs_csv(runs: Sequence[ComparedRun]) -> str:
+    from dataclasses import fields
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    names = [f.name for f in fields(runs[0].record)] if runs else []
+    writer.writerow(["model", "split", *names])
+    for r in runs:
+        writer.writerow([r.model, r.split, *(repr(v) if isinstance(v, float) else v for v in (getattr(r.record, n) for n in names))])
+    return buffer.getvalue()
+
+
+def _weights(config: "TrainConfig") -> str | None:
+    if config.model_weights is None:
+        return None
+    from toonvision.models import resolve_mobilenet_weights
+
+    return resolve_mobilenet_weights(config.model_weights, tuple(config.image_size))
+
+
+def _make_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f"{out}: cannot create the folder ({exc.strerror or exc}); pass another --out") from None
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix_str(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress_bar(config: CompareConfig, progress: bool) -> Any:
+    if not progress:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=config.runs * len(config.models), desc=f"compare {config.task}", unit="run")
+
+
+__all__ = [
+    "CompareConfig", "CompareResult", "ComparedRun", "compare", "describe", "mean_curves", "split_digest",
+    "train_run", "write_comparison",
+]

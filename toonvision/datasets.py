@@ -1,0 +1,223 @@
+"""tf.data pipelines over a split: decode each crop once, cache, shuffle, batch, prefetch.
+
+Two sources, one decoding (Keras' ``image_dataset_from_directory``: read, decode to RGB,
+bilinear resize to (height, width), float32 0..255)::
+
+    img/data/<task>/<split>/<class>/*.png  --from_directory-->  batches   (evaluate, predict)
+    SplitPlan + pool                        --from_plan------->  batches   (every training run)
+
+``from_plan`` reads the pool's crops where they are, so a run's re-split never copies or
+links files; ``img/data/<task>/`` is written once, for the chosen run. The pipeline order is
+decode -> cache -> shuffle (training) -> batch -> augment (training) -> prefetch, so every
+image is decoded once per run, reshuffled every epoch, and freshly augmented every epoch.
+Labels follow the head: ``binary`` (float32, shape (1,)) for 2 classes, ``int`` otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+from toonvision.augment import AugmentSpec, augment_dataset
+from toonvision.constants import DEFAULT_BATCH_SIZE, DEFAULT_IMAGE_SIZE
+from toonvision.errors import ImageError, SplitError, UsageError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from toonvision.split import SplitPlan
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # what image_dataset_from_directory reads
+SHUFFLE_BATCHES = 8  # per-epoch shuffle buffer, in batches (Keras' own choice)
+
+
+def label_mode_for(num_classes: int) -> str:
+    """``binary`` for a 2-class sigmoid head, ``int`` for a softmax head."""
+    return "binary" if num_classes == 2 else "int"
+
+
+def from_directory(
+    split_dir: Path,
+    classes: Sequence[str],
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    shuffle: bool = False,
+    seed: int | None = None,
+    label_mode: str | None = None,
+) -> "tf.data.Dataset":
+    """Batches of ``split_dir/<class>/*`` with ``classes`` as the label order (never inferred).
+
+    Without shuffling, batches come in file order and ``dataset.file_paths`` lists the files
+    in that order (aligned with the predictions); ``dataset.class_names`` is ``classes``.
+    """
+    import keras
+
+    classes = list(classes)
+    _check_arguments(classes, image_size, batch_size, shuffle, seed)
+    paths = list_split_files(Path(split_dir), classes)
+    label_mode = label_mode or label_mode_for(len(classes))
+    dataset = keras.utils.image_dataset_from_directory(
+        str(split_dir),
+        labels="inferred",
+        label_mode=label_mode,
+        class_names=classes,
+        batch_size=None,
+        image_size=tuple(image_size),
+        shuffle=shuffle,
+        seed=seed,
+        interpolation="bilinear",
+        verbose=False,
+    )
+    file_paths = list(dataset.file_paths)
+    if not shuffle and len(file_paths) != len(paths):  # Keras walks the same folders; a guard
+        raise SplitError(f"{split_dir}: Keras found {len(file_paths)} images where {len(paths)} were listed")
+    return _finish(dataset, len(file_paths), batch_size, shuffle, seed, None, file_paths, classes)
+
+
+def from_plan(
+    plan: "SplitPlan",
+    pool: Path,
+    split: str,
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    shuffle: bool = False,
+    seed: int | None = None,
+    augment: AugmentSpec | None = None,
+) -> "tf.data.Dataset":
+    """Batches of one split of ``plan``, read from the pool's crops, decoded as Keras does.
+
+    With ``shuffle`` the file order is permuted once from ``seed`` and reshuffled every epoch;
+    ``augment`` (training only) applies the fused random flip/rotation/zoom per batch.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    classes = list(plan.classes)
+    _check_arguments(classes, image_size, batch_size, shuffle or augment is not None, seed)
+    chosen = sorted(
+        (a for a in plan.assignments if a.split == split),
+        key=lambda a: (classes.index(a.cls), a.crop),
+    )
+    present = {a.cls for a in chosen}
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise SplitError(
+            f"the {split} split of task {plan.task!r} (seed {plan.seed}) has no crops of class "
+            f"{', '.join(missing)}; label more crops of it or lower --min-per-class"
+        )
+    paths = [str(Path(pool) / a.crop) for a in chosen]
+    labels = np.array([classes.index(a.cls) for a in chosen], dtype="int32")
+    if shuffle:
+        order = np.random.default_rng(seed).permutation(len(paths))
+        paths, labels = [paths[i] for i in order], labels[order]
+    label_mode = label_mode_for(len(classes))
+    label_ds = tf.data.Dataset.from_tensor_slices(labels)
+    if label_mode == "binary":
+        label_ds = label_ds.map(lambda y: tf.expand_dims(tf.cast(y, tf.float32), -1))
+    size = tuple(int(v) for v in image_size)
+    images = tf.data.Dataset.from_tensor_slices(paths).map(
+        lambda path: decode_crop(path, size), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    dataset = tf.data.Dataset.zip((images, label_ds))
+    return _finish(dataset, len(paths), batch_size, shuffle, seed, augment, paths, classes)
+
+
+def decode_crop(path: "tf.Tensor", image_size: tuple[int, int]) -> "tf.Tensor":
+    """Read and decode one image to float32 RGB of ``image_size``, exactly as Keras' loader does."""
+    import tensorflow as tf
+
+    image = tf.image.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image = tf.image.resize(image, image_size, method="bilinear")
+    image.set_shape((*image_size, 3))
+    return image
+
+
+def list_split_files(split_dir: Path, classes: Sequence[str]) -> list[Path]:
+    """The image files of every class folder, in class order; an error naming a missing or empty folder."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise SplitError(f"{split_dir}: no such folder; run `toonvision split` for this task first")
+    files: list[Path] = []
+    for cls in classes:
+        folder = split_dir / cls
+        if not folder.is_dir():
+            raise SplitError(
+                f"{folder}: class folder missing (expected one per class: {', '.join(classes)}); "
+                "run `toonvision split` again"
+            )
+        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not found:
+            raise SplitError(
+                f"{folder}: no images (looked for {', '.join(IMAGE_SUFFIXES)}); "
+                "every class needs crops in every split: label more or run `toonvision split` again"
+            )
+        files.extend(found)
+    return files
+
+
+def find_undecodable(paths: Iterable[str | Path]) -> ImageError | None:
+    """The first file that does not decode, as an ImageError naming it; None if all decode.
+
+    TensorFlow's decode errors do not name the file, so after one this finds the culprit.
+    """
+    import tensorflow as tf
+
+    for path in paths:
+        try:
+            tf.image.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as exc:
+            reason = exc.message.splitlines()[0] if exc.message else type(exc).__name__
+            return ImageError(
+                f"{path}: cannot be decoded as an image ({reason}); remove it from the pool "
+                "or re-export it, then run `toonvision extract` again"
+            )
+    return None
+
+
+def _check_arguments(
+    classes: Sequence[str], image_size: tuple[int, int], batch_size: int, shuffle: bool, seed: int | None
+) -> None:
+    if len(classes) < 2:
+        raise UsageError(f"a classifier needs at least 2 classes, got {list(classes)}")
+    if len(set(classes)) != len(classes):
+        raise UsageError(f"class names must be unique, got {list(classes)}")
+    if len(image_size) != 2 or min(image_size) < 1:
+        raise UsageError(f"image size must be (height, width) in pixels, got {tuple(image_size)}")
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    if shuffle and seed is None:
+        raise UsageError("shuffling or augmenting needs a seed, so that a run can be reproduced")
+
+
+def _finish(
+    dataset: "tf.data.Dataset",
+    count: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int | None,
+    augment: AugmentSpec | None,
+    file_paths: list[str],
+    classes: list[str],
+) -> "tf.data.Dataset":
+    """cache -> shuffle -> batch -> augment -> prefetch, with the file list and class names attached."""
+    import tensorflow as tf
+
+    dataset = dataset.cache()
+    if shuffle:
+        buffer = max(1, min(count, SHUFFLE_BATCHES * batch_size))
+        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    if augment is not None:
+        dataset = augment_dataset(dataset, seed=_derived_seed(seed, 1), spec=augment)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    dataset.file_paths = [str(p) for p in file_paths]
+    dataset.class_names = list(classes)
+    return dataset
+
+
+def _derived_seed(seed: int | None, stream: int) -> int:
+    """An independent seed for another random stream of the same run."""
+    return ((seed or 0) * 1_000_003 + stream) % (2**31 - 1)

@@ -1,0 +1,112 @@
+"""``toonvision demo``: the whole pipeline on built-in synthetic data, in a folder of its own.
+
+    toonvision-demo/                 (--root; made fresh, never a folder with your data)
+    ├── .toonvision-demo             marker: only folders with it are reused
+    ├── img/raw/screenshots/         synthetic street scenes + labelImg XML
+    ├── img/unsorted/                the crop pool
+    ├── img/data/<task>/             the split of each task's chosen run
+    ├── img/reports/                 balance-report tables and figures
+    └── models/<task>/               best.keras, best.json, runs.csv, plots, evaluation/
+
+Re-running reuses what is already there (synth and extract add nothing new) and retrains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from toonvision.constants import DEFAULT_RATIOS
+from toonvision.errors import UsageError
+from toonvision.layout import Layout
+
+MARKER = ".toonvision-demo"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    root: Path = Path("toonvision-demo")
+    screenshots: int = 150
+    seed: int = 0
+    runs: int = 2
+    epochs: int = 4
+    tasks: tuple[str, ...] = ("binary", "suit")
+    model: str = "baseline"
+    image_size: tuple[int, int] = (600, 200)
+
+    def __post_init__(self) -> None:
+        if self.screenshots < 20:
+            raise UsageError(f"--screenshots must be at least 20 so every suit appears, got {self.screenshots}")
+        if self.runs < 1 or self.epochs < 1:
+            raise UsageError("--runs and --epochs must be at least 1")
+
+
+@dataclass(frozen=True)
+class DemoStep:
+    """One finished stage: its name and what it printed."""
+
+    stage: str
+    text: str
+
+
+def demo_layout(root: Path) -> Layout:
+    root = Path(root)
+    return Layout.from_dirs(root / "img", root / "models")
+
+
+def run_demo(config: DemoConfig, progress: bool = False) -> Iterator[DemoStep]:
+    """Synthesise, extract, report, split, train, evaluate; yield each stage's summary as it ends."""
+    from toonvision import evaluate, extract, report, split, synth, tasks, train
+
+    layout = _prepare(config.root)
+    made = synth.synthesize(
+        layout.screenshots, synth.SynthConfig(count=config.screenshots, seed=config.seed), progress=progress
+    )
+    yield DemoStep("synth", made.summary())
+    extracted = extract.extract(layout, extract.ExtractOptions(), progress=progress)
+    yield DemoStep("extract", extracted.summary())
+    balance = report.balance_report(layout, None)
+    written = report.write_balance_report(balance, report.default_report_dir(layout, None))
+    yield DemoStep("balance-report", f"{balance.table()}\nfigures: {_folders(written)}")
+    for name in config.tasks:
+        task = tasks.get_task(name)
+        made_split = split.run_split(layout, task, DEFAULT_RATIOS, seed=config.seed)
+        yield DemoStep(f"split {name}", made_split.summary())
+        trained = train.train(layout, train.TrainConfig(
+            task=name, model=config.model, runs=config.runs, epochs=config.epochs, seed=config.seed,
+            image_size=config.image_size, overwrite=True,
+        ), progress=progress)
+        yield DemoStep(f"train {name}", trained.summary())
+        scored = evaluate.evaluate(layout, layout.task_models(name))
+        yield DemoStep(f"evaluate {name}", scored.summary())
+    yield DemoStep("done", _where(layout, config))
+
+
+def _prepare(root: Path) -> Layout:
+    root = Path(root)
+    if root.exists() and any(root.iterdir()) and not (root / MARKER).exists():
+        raise UsageError(
+            f"{root} exists and was not made by `toonvision demo`; the demo never writes into a folder "
+            "that may hold your data. Pass --root with a new folder"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).touch()
+    return demo_layout(root)
+
+
+def _folders(paths: list[Path]) -> str:
+    return ", ".join(sorted({str(p.parent) for p in paths})) or "none"
+
+
+def _where(layout: Layout, config: DemoConfig) -> str:
+    lines = [f"everything is under {Path(config.root).absolute()}:"]
+    lines.append(f"  screenshots   {layout.screenshots}")
+    lines.append(f"  crop pool     {layout.pool}")
+    for name in config.tasks:
+        models = layout.task_models(name)
+        lines.append(f"  {name:<13} model {models / 'best.keras'}, plots and runs.csv in {models}, "
+                     f"evaluation in {models / 'evaluation'}")
+    lines.append("try: toonvision --img-dir {0}/img --models-dir {0}/models predict {0}/models/suit "
+                 "{0}/img/data/suit/test".format(config.root))
+    return "\n".join(lines)

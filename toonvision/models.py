@@ -1,0 +1,244 @@
+"""Keras classifiers by name, compiled and ready to fit.
+
+    baseline     Rescaling(1/255) -> MaxPool 2 -> Conv 16 -> MaxPool 2 -> Conv 32 -> MaxPool 2
+                 -> Conv 32 -> MaxPool 2 -> Flatten -> head         (25,537 parameters, 600x200 binary)
+    optimized    baseline + Dropout before the head + learning-rate decay; trained with the
+                 fused flip/rotation/zoom of ``toonvision.augment`` in the input pipeline
+    mobilenetv2  frozen MobileNetV2 base -> GlobalAveragePooling -> BatchNorm -> Dense 32 relu
+                 -> Dropout 0.5 -> head
+
+Every model takes float RGB images in 0..255 (what ``image_dataset_from_directory`` yields)
+and does its own input scaling, so a saved model needs no outside preprocessing. Heads:
+1 sigmoid unit + binary cross-entropy for 2 classes; softmax + sparse categorical
+cross-entropy for more. Each ``build_model`` call compiles a fresh optimizer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from toonvision.errors import TrainingError, UsageError
+
+if TYPE_CHECKING:
+    import keras
+
+logger = logging.getLogger(__name__)
+
+LEARNING_RATE = 1e-3
+LR_DECAY_RATE = 0.94  # per epoch: about a quarter of the initial rate after 25 epochs
+DEFAULT_DECAY_STEPS = 100  # used when the caller does not say how many steps make an epoch
+MOBILENET_MIN_SIZE = 32
+BASELINE_MIN_SIZE = 44  # smallest side that survives 4 poolings and 3 unpadded 3x3 convolutions
+MOBILENET_ALPHA = 1.0
+_MOBILENET_SQUARE_SIZES = (96, 128, 160, 192, 224)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model name means to the rest of the pipeline."""
+
+    name: str
+    augment: bool  # whether training feeds it augmented batches (see toonvision.augment)
+    uses_weights: bool  # whether --weights applies
+    description: str
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("baseline", False, False, "the original ToonVision network"),
+        ModelSpec("optimized", True, False, "baseline + augmentation, dropout and learning-rate decay"),
+        ModelSpec("mobilenetv2", False, True, "frozen MobileNetV2 base + small trainable head"),
+    )
+}
+MODEL_NAMES = tuple(MODELS)
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The spec of a model name, or a UsageError listing the names there are."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UsageError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}") from None
+
+
+def default_dropout(name: str, num_classes: int) -> float | None:
+    """Dropout rate before the head when the caller does not choose one."""
+    if name == "optimized":
+        # 0.9 is the original binary setting. A softmax over 4+ classes has to separate
+        # every pair of classes from the same 11k flattened features, with fewer crops per
+        # class; dropping 90% of them starves it, so multiclass heads keep half.
+        return 0.9 if num_classes == 2 else 0.5
+    if name == "mobilenetv2":
+        return 0.5
+    return None
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    image_size: tuple[int, int],
+    *,
+    dropout: float | None = None,
+    weights: str | Path | None = None,
+    seed: int | None = None,
+    steps_per_epoch: int | None = None,
+) -> "keras.Model":
+    """Build and compile model ``name`` for ``num_classes`` classes and (height, width) inputs.
+
+    ``weights`` applies to ``mobilenetv2`` only: "imagenet" (from Keras' local cache, never
+    downloaded here), a path to a weights file, or None to start from random weights.
+    ``seed`` seeds Keras' global generators, so initial weights and dropout are reproducible.
+    ``steps_per_epoch`` paces the learning-rate decay of ``optimized`` per epoch.
+    """
+    import keras
+
+    spec = get_model_spec(name)
+    _check_arguments(spec, num_classes, image_size, dropout)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    rate = dropout if dropout is not None else default_dropout(name, num_classes)
+    inputs = keras.Input(shape=(*image_size, 3), name="image")
+    if name == "mobilenetv2":
+        features = _mobilenet_features(inputs, image_size, weights, rate)
+    else:
+        features = _baseline_features(inputs)
+        if rate is not None:
+            features = keras.layers.Dropout(rate, name="dropout")(features)
+    outputs = _head(features, num_classes)
+    model = keras.Model(inputs, outputs, name=name)
+    loss, metric = _loss_and_metric(num_classes)
+    model.compile(optimizer=_optimizer(name, steps_per_epoch), loss=loss, metrics=[metric])
+    return model
+
+
+def _check_arguments(
+    spec: ModelSpec, num_classes: int, image_size: tuple[int, int], dropout: float | None
+) -> None:
+    if num_classes < 2:
+        raise UsageError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if len(image_size) != 2 or min(image_size) < 1:
+        raise UsageError(f"image size must be (height, width) in pixels, got {image_size}")
+    minimum = MOBILENET_MIN_SIZE if spec.name == "mobilenetv2" else BASELINE_MIN_SIZE
+    if min(image_size) < minimum:
+        raise UsageError(
+            f"model {spec.name} needs images of at least {minimum}x{minimum} pixels, "
+            f"got {image_size[0]}x{image_size[1]}; pass a larger --image-size"
+        )
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        raise UsageError(f"dropout must be in [0, 1), got {dropout}")
+
+
+def _baseline_features(inputs: "keras.KerasTensor") -> "keras.KerasTensor":
+    from keras import layers
+
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    x = layers.MaxPooling2D(2, name="pool_0")(x)
+    for index, filters in enumerate((16, 32, 32), start=1):
+        x = layers.Conv2D(filters, 3, activation="relu", name=f"conv_{index}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool_{index}")(x)
+    return layers.Flatten(name="flatten")(x)
+
+
+def _mobilenet_features(
+    inputs: "keras.KerasTensor", image_size: tuple[int, int], weights: str | Path | None, rate: float | None
+) -> "keras.KerasTensor":
+    import keras
+    from keras import layers
+
+    base = keras.applications.MobileNetV2(
+        input_shape=(*image_size, 3),
+        alpha=MOBILENET_ALPHA,
+        include_top=False,
+        weights=resolve_mobilenet_weights(weights, image_size),
+    )
+    base.trainable = False
+    # mobilenet_v2.preprocess_input maps 0..255 to -1..1.
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(inputs)
+    x = base(x, training=False)  # keep the frozen BatchNorm statistics in inference mode
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.BatchNormalization(name="batch_norm")(x)
+    x = layers.Dense(32, activation="relu", name="dense")(x)
+    return layers.Dropout(rate if rate is not None else 0.5, name="dropout")(x)
+
+
+def resolve_mobilenet_weights(weights: str | Path | None, image_size: tuple[int, int]) -> str | None:
+    """Turn --weights into a local file for MobileNetV2, or None; never downloads.
+
+    "imagenet" is looked up in Keras' cache (``$KERAS_HOME`` or ~/.keras, then /tmp/.keras),
+    under the file name Keras itself would download for this input size.
+    """
+    if weights is None or str(weights).lower() == "none":
+        return None
+    if str(weights) != "imagenet":
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise TrainingError(
+                f"{path}: no such weights file; pass the path of a MobileNetV2 no-top .h5 file, "
+                "'imagenet' for Keras' cached weights, or 'none' to train from scratch"
+            )
+        return str(path)
+    file_name = mobilenet_weights_file_name(image_size)
+    for folder in _keras_cache_dirs():
+        candidate = folder / "models" / file_name
+        if candidate.is_file():
+            return str(candidate)
+    raise TrainingError(
+        f"the ImageNet weights of MobileNetV2 ({file_name}) are not in Keras' cache and "
+        "toonvision never downloads; on a connected machine run "
+        "`python3 -c \"import keras; keras.applications.MobileNetV2(include_top=False, "
+        f"input_shape=({_weights_rows(image_size)}, {_weights_rows(image_size)}, 3))\"` and copy "
+        f"~/.keras/models/{file_name} to {_keras_cache_dirs()[0] / 'models'}, "
+        "or pass --weights PATH to that file, or --weights none to train from scratch"
+    )
+
+
+def mobilenet_weights_file_name(image_size: tuple[int, int]) -> str:
+    """The file Keras uses for no-top MobileNetV2 weights at this input size."""
+    return (
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_"
+        f"{float(MOBILENET_ALPHA)}_{_weights_rows(image_size)}_no_top.h5"
+    )
+
+
+def _weights_rows(image_size: tuple[int, int]) -> int:
+    height, width = image_size
+    return height if height == width and height in _MOBILENET_SQUARE_SIZES else 224
+
+
+def _keras_cache_dirs() -> list[Path]:
+    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()
+    return [home, Path("/tmp/.keras")]
+
+
+def _head(features: "keras.KerasTensor", num_classes: int) -> "keras.KerasTensor":
+    from keras import layers
+
+    if num_classes == 2:
+        return layers.Dense(1, activation="sigmoid", name="head")(features)
+    return layers.Dense(num_classes, activation="softmax", name="head")(features)
+
+
+def _loss_and_metric(num_classes: int) -> tuple[str, "keras.metrics.Metric"]:
+    import keras
+
+    if num_classes == 2:
+        return "binary_crossentropy", keras.metrics.BinaryAccuracy(name="accuracy")
+    return "sparse_categorical_crossentropy", keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+
+def _optimizer(name: str, steps_per_epoch: int | None) -> "keras.optimizers.Optimizer":
+    import keras
+
+    if name == "optimized":
+        schedule = keras.optimizers.schedules.ExponentialDecay(
+            initial_learning_rate=LEARNING_RATE,
+            decay_steps=steps_per_epoch or DEFAULT_DECAY_STEPS,
+            decay_rate=LR_DECAY_RATE,
+        )
+        return keras.optimizers.Adam(learning_rate=schedule)
+    return keras.optimizers.Adam(learning_rate=LEARNING_RATE)
