@@ -15,6 +15,7 @@ from toonvision.augment import (  # noqa: E402
     AugmentSpec,
     apply_transforms,
     augment_batch,
+    augment_crop,
     augment_dataset,
     sample_parameters,
     transform_matrices,
@@ -77,6 +78,55 @@ def test_fused_transform_matches_the_keras_layers_applied_in_turn(flip, turn, zo
     assert difference.mean() < 0.05 * 255
 
 
+def fused_from_crop(crop: np.ndarray, flip: bool, turn: float, zoom: float, fill_mode: str) -> np.ndarray:
+    """What the training pipeline does: resize from the crop's size and augment, one resample."""
+    matrices = transform_matrices(
+        tf.constant([flip]), tf.constant([turn * 2 * math.pi]), tf.constant([zoom]), HEIGHT, WIDTH,
+        source=crop.shape[1:3],
+    )
+    return apply_transforms(tf.constant(crop), matrices, fill_mode, (HEIGHT, WIDTH)).numpy()
+
+
+def smooth_crop(height: int, width: int) -> np.ndarray:
+    """:func:`smooth_image`'s picture drawn at another size (the same content, more or fewer pixels)."""
+    yy, xx = np.mgrid[0:height, 0:width].astype("float32")
+    yy, xx = (yy + 0.5) * HEIGHT / height - 0.5, (xx + 0.5) * WIDTH / width - 0.5
+    return np.stack(
+        [128 + 100 * np.sin(xx / 5 + yy / 9), 128 + 100 * np.cos(yy / 7), 255 * xx / WIDTH], axis=-1
+    ).astype("float32")[None]
+
+
+@pytest.mark.parametrize("crop_size", [(37, 13), (60, 20), (131, 47)])  # up, same, down
+@pytest.mark.parametrize("flip, turn, zoom", [(False, 0.0, 1.0), (True, 0.06, 0.85), (False, -0.075, 1.2)])
+def test_resize_and_augmentation_fused_match_keras_resize_then_the_layers(crop_size, flip, turn, zoom):
+    crop = smooth_crop(*crop_size)
+    resized = tf.image.resize(crop, (HEIGHT, WIDTH), method="bilinear").numpy()
+    out = fused_from_crop(crop, flip, turn, zoom, "reflect")
+    if (flip, turn, zoom) == (False, 0.0, 1.0):  # no augmentation: exactly Keras' resize
+        np.testing.assert_allclose(out, resized, atol=1e-3)
+        return
+    reference = keras_reference(resized, flip, turn, zoom, "reflect")
+    difference = np.abs(out - reference)[0]
+    # The same geometry: where nothing was sampled outside the image, one resample from the
+    # crop differs from Keras' resize-then-transform only by a little blur ...
+    inside = (keras_reference(np.ones_like(resized), flip, turn, zoom, "constant") > 0.999) & (
+        fused_from_crop(np.ones_like(crop), flip, turn, zoom, "constant") > 0.999
+    )
+    assert inside[0].mean() > 0.4
+    assert difference[inside[0]].mean() < 0.5
+    # ... and at the borders the layers fill twice, the fused transform once: small overall.
+    assert difference.mean() < 0.05 * 255
+
+
+def test_augment_crop_draws_from_its_seed():
+    crop = smooth_image(41, 17)[0].astype("uint8")
+    seed = tf.constant([3, 4], tf.int64)
+    first = augment_crop(crop, seed, (HEIGHT, WIDTH)).numpy()
+    assert first.shape == (HEIGHT, WIDTH, 3) and first.dtype == np.float32
+    np.testing.assert_array_equal(first, augment_crop(crop, seed, (HEIGHT, WIDTH)).numpy())
+    assert not np.array_equal(first, augment_crop(crop, tf.constant([3, 5], tf.int64), (HEIGHT, WIDTH)).numpy())
+
+
 def test_identity_parameters_leave_the_image_unchanged():
     image = smooth_image()
     np.testing.assert_allclose(fused(image, False, 0.0, 1.0, "reflect"), image, atol=1e-3)
@@ -110,6 +160,22 @@ def test_random_augmentation_has_the_same_mean_image_as_the_keras_layers():
     assert np.abs(ours - theirs).mean() < 0.03 * 255
 
 
+def test_augmented_crops_have_the_same_mean_image_as_keras_resize_then_the_layers():
+    """In distribution, for the pipeline's fused resize + augmentation of a crop of another size."""
+    crop = smooth_crop(41, 17)
+    seeds = tf.random.experimental.stateless_split(tf.constant([8, 9], tf.int64), 256)
+    ours = tf.map_fn(lambda seed: augment_crop(crop[0], seed, (HEIGHT, WIDTH)), seeds,
+                     fn_output_signature=tf.float32).numpy().mean(axis=0)
+    resized = np.repeat(tf.image.resize(crop, (HEIGHT, WIDTH)).numpy(), 256, axis=0)
+    layers = keras.Sequential([
+        keras.layers.RandomFlip("horizontal", seed=3),
+        keras.layers.RandomRotation(0.075, seed=4),
+        keras.layers.RandomZoom(0.2, seed=5),
+    ])
+    theirs = np.asarray(layers(resized, training=True)).mean(axis=0)
+    assert np.abs(ours - theirs).mean() < 0.03 * 255
+
+
 def test_augmented_batch_differs_from_its_input_and_is_reproducible():
     image = np.repeat(smooth_image(), 8, axis=0)
     seed = tf.constant([5, 6], tf.int64)
@@ -137,7 +203,7 @@ def test_augmented_dataset_changes_every_epoch_and_keeps_labels():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"flip": 1.5}, {"rotation": -0.1}, {"zoom": 1.0}, {"fill_mode": "mirror"}],
+    [{"flip": 1.5}, {"rotation": -0.1}, {"zoom": 1.0}, {"fill_mode": "mirror"}, {"interpolation": "cubic"}],
 )
 def test_spec_rejects_meaningless_ranges(kwargs):
     with pytest.raises(ValueError):
@@ -146,4 +212,4 @@ def test_spec_rejects_meaningless_ranges(kwargs):
 
 def test_default_spec_is_the_original_optimized_model():
     assert (DEFAULT_AUGMENT.flip, DEFAULT_AUGMENT.rotation, DEFAULT_AUGMENT.zoom) == (0.5, 0.075, 0.2)
-    assert DEFAULT_AUGMENT.fill_mode == "reflect"
+    assert (DEFAULT_AUGMENT.fill_mode, DEFAULT_AUGMENT.interpolation) == ("reflect", "bilinear")

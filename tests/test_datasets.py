@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ tf = pytest.importorskip("tensorflow")
 
 from conftest import write_colour_pool  # noqa: E402
 from toonvision.augment import DEFAULT_AUGMENT  # noqa: E402
+from toonvision.cache import CropCache  # noqa: E402
 from toonvision.datasets import (  # noqa: E402
     find_undecodable,
     from_directory,
@@ -70,14 +73,38 @@ def test_from_plan_reads_exactly_what_from_directory_reads(pool):
         np.testing.assert_array_equal(images_plan, images_dir)
 
 
-def test_crops_are_decoded_once_per_run_not_every_epoch(pool):
+def test_crops_are_decoded_once_not_every_epoch(pool):
     layout, plan = pool
     dataset = from_plan(plan, layout.pool, "train", SIZE, batch_size=4, shuffle=True, seed=3)
     first, _ = batches(dataset)
     for path in dataset.file_paths:  # the files are gone: a second epoch must come from the cache
-        (layout.pool / path).unlink()
+        Path(path).unlink()
     second, _ = batches(dataset)
     assert sorted(map(bytes, first)) == sorted(map(bytes, second))
+
+
+def test_runs_sharing_a_cache_decode_each_crop_once(pool, monkeypatch):
+    import toonvision.cache
+
+    layout, plan = pool
+    decoded = []
+    real = toonvision.cache.decode_crops
+    monkeypatch.setattr(toonvision.cache, "decode_crops", lambda paths: decoded.extend(paths) or real(paths))
+    cache = CropCache()
+    reference = {}
+    for seed in (1, 2, 3):  # three runs, three re-splits of the same pool
+        replan = plan_split(plan_records(layout), get_task("suit"), (0.6, 0.2, 0.2), seed=seed)
+        for split in ("train", "validate", "test"):
+            images, _ = batches(from_plan(replan, layout.pool, split, SIZE, cache=cache))
+            for path, image in zip(from_plan(replan, layout.pool, split, SIZE, cache=cache).file_paths, images):
+                assert np.array_equal(reference.setdefault(path, image), image)
+    assert sorted(decoded) == sorted(set(decoded)) and len(decoded) == 30
+
+
+def plan_records(layout):
+    from toonvision.manifest import load_manifest
+
+    return load_manifest(layout.manifest)
 
 
 def test_shuffle_is_seeded_and_changes_every_epoch(pool):
@@ -98,6 +125,16 @@ def test_augmentation_changes_the_training_input(pool):
     x_aug, y_aug = batches(augmented)
     np.testing.assert_array_equal(y_plain, y_aug)  # same order, same labels ...
     assert np.abs(x_plain - x_aug).mean() > 1.0  # ... different pixels
+
+
+def test_augmentation_is_reproducible_and_new_every_epoch(pool):
+    layout, plan = pool
+    make = lambda: from_plan(plan, layout.pool, "train", SIZE, batch_size=4, shuffle=True, seed=3,  # noqa: E731
+                             augment=DEFAULT_AUGMENT)
+    dataset = make()
+    epoch1, epoch2 = batches(dataset)[0], batches(dataset)[0]
+    assert not np.array_equal(epoch1, epoch2)
+    np.testing.assert_array_equal(batches(make())[0], epoch1)
 
 
 def test_missing_class_folder_is_named(pool):
@@ -134,12 +171,20 @@ def test_an_undecodable_crop_is_named(pool):
     layout, plan = pool
     bad = layout.pool / plan.files("test")[0].crop
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    dataset = from_plan(plan, layout.pool, "test", SIZE)
-    with pytest.raises(tf.errors.OpError):
-        batches(dataset)
-    error = find_undecodable(dataset.file_paths)
+    with pytest.raises(ImageError, match=f"{bad}: cannot be decoded as an image \\(Invalid PNG"):
+        from_plan(plan, layout.pool, "test", SIZE)
+    paths = [str(layout.pool / a.crop) for a in plan.files("test")]
+    error = find_undecodable(paths)
     assert isinstance(error, ImageError) and str(bad) in str(error)
-    assert find_undecodable(dataset.file_paths[1:]) is None
+    assert find_undecodable(paths[1:]) is None
+
+
+def test_a_missing_crop_is_named(pool):
+    layout, plan = pool
+    gone = layout.pool / plan.files("validate")[0].crop
+    gone.unlink()
+    with pytest.raises(ImageError, match=f"{gone}: cannot be read"):
+        from_plan(plan, layout.pool, "validate", SIZE)
 
 
 @pytest.mark.parametrize(

@@ -138,12 +138,15 @@ def _is_number(text: str) -> bool:
     return True
 
 
-class RatioCommand(click.Command):
-    """A command whose ``--ratio`` takes 2 or 3 numbers: ``--ratio 0.6 0.2 0.2``.
+class MultiValueCommand(click.Command):
+    """A command whose listed options take several values: ``--ratio 0.6 0.2 0.2``.
 
-    click options take a fixed number of values, so the values after ``--ratio`` are joined
-    into one before parsing and ``_parse_ratio`` checks them.
+    click options take a fixed number of values, so the values after each option in
+    ``multi_value_options`` are joined into one (with its separator) before parsing, and
+    the option's callback splits and checks them.
     """
+
+    multi_value_options: dict[str, str] = {"--ratio": " "}
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         joined, i = [], 0
@@ -154,12 +157,12 @@ class RatioCommand(click.Command):
             if arg == "--":
                 joined.extend(args[i:])
                 break
-            if arg == "--ratio":
+            if arg in self.multi_value_options:
                 values = []
                 while i < len(args) and (_is_number(args[i]) or not args[i].startswith("-")):
                     values.append(args[i])
                     i += 1
-                joined.append(" ".join(values))
+                joined.append(self.multi_value_options[arg].join(values))
         return super().parse_args(ctx, joined)
 
 
@@ -197,7 +200,7 @@ def _task(name: str, config: Path | None):
     return get_task(name, find_config(config))
 
 
-@main.command(cls=RatioCommand)
+@main.command(cls=MultiValueCommand)
 @click.option("--task", "task_name", required=True,
               help="binary, suit, name, animal, label, or a task of toonvision.toml.")
 @ratio_option
@@ -254,7 +257,7 @@ def _parse_image_size(ctx: click.Context, param: click.Parameter, value: str | N
     return int(parts[0]), int(parts[1])
 
 
-@main.command(cls=RatioCommand)
+@main.command(cls=MultiValueCommand)
 @click.option("--task", "task_name", required=True,
               help="binary, suit, name, animal, label, or a task of toonvision.toml.")
 @click.option("--runs", type=click.IntRange(min=1), default=DEFAULT_RUNS, show_default=True,
@@ -455,27 +458,10 @@ def explain(ctx: _Context, model: Path, images: tuple[Path, ...], layer: str | N
     sys.exit(result.exit_code)
 
 
-class _ListCommand(RatioCommand):
-    """``--models a b c`` as well as ``--models a,b`` or a repeated ``--models``."""
+class _CompareCommand(MultiValueCommand):
+    """``--models a b c`` as well as ``--models a,b`` or a repeated ``--models``; ``--ratio a b c``."""
 
-    list_options = ("--models",)
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        joined, i = [], 0
-        while i < len(args):
-            arg = args[i]
-            joined.append(arg)
-            i += 1
-            if arg == "--":
-                joined.extend(args[i:])
-                break
-            if arg in self.list_options:
-                values = []
-                while i < len(args) and not args[i].startswith("-"):
-                    values.append(args[i])
-                    i += 1
-                joined.append(",".join(values))
-        return super().parse_args(ctx, joined)
+    multi_value_options = {"--ratio": " ", "--models": ","}
 
 
 def _parse_models(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -488,7 +474,7 @@ def _parse_models(ctx: click.Context, param: click.Parameter, values: tuple[str,
     return names or DEFAULT_MODELS
 
 
-@main.command(cls=_ListCommand)
+@main.command(cls=_CompareCommand)
 @click.option("--task", "task_name", required=True,
               help="binary, suit, name, animal, label, or a task of toonvision.toml.")
 @click.option("--models", multiple=True, callback=_parse_models, metavar="NAME...",

@@ -28,3 +28,7 @@ DEFAULT_IMAGE_SIZE = (600, 200)  # height, width: entities are tall
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_EPOCHS = 25
 DEFAULT_RUNS = 1
+
+# Decoded-crop cache (toonvision.cache)
+DEFAULT_CACHE_BUDGET = 2 * 1024**3  # bytes of decoded uint8 pixels kept in RAM; past it, img/.cache on disk
+CACHE_BUDGET_ENV = "TOONVISION_CACHE_BUDGET"  # e.g. 512M, 4G, or 0 for always on disk

@@ -1,15 +1,21 @@
-"""tf.data pipelines over a split: decode each crop once, cache, shuffle, batch, prefetch.
+"""tf.data pipelines over a split, fed from decoded crops and resized exactly as Keras does.
 
 Two sources, one decoding (Keras' ``image_dataset_from_directory``: read, decode to RGB,
 bilinear resize to (height, width), float32 0..255)::
 
     img/data/<task>/<split>/<class>/*.png  --from_directory-->  batches   (evaluate, predict)
-    SplitPlan + pool                        --from_plan------->  batches   (every training run)
+    SplitPlan + pool + CropCache            --from_plan------->  batches   (every training run)
 
 ``from_plan`` reads the pool's crops where they are, so a run's re-split never copies or
-links files; ``img/data/<task>/`` is written once, for the chosen run. The pipeline order is
-decode -> cache -> shuffle (training) -> batch -> augment (training) -> prefetch, so every
-image is decoded once per run, reshuffled every epoch, and freshly augmented every epoch.
+links files; ``img/data/<task>/`` is written once, for the chosen run. Its crops come
+decoded from a :class:`toonvision.cache.CropCache` (uint8 at the crop's own size, decoded
+once per pool per process, or once per pool on disk), so no run decodes a PNG again. The
+pipeline per epoch is: cached crop indices -> shuffle (training: the whole split, seeded,
+a new order every epoch) -> read + bilinear resize, or with augmentation the fused resize +
+flip/rotation/zoom of ``toonvision.augment.augment_crop`` (per image, in parallel) ->
+batch -> prefetch. The resize is Keras' own op on the same uint8 pixels, so every
+unaugmented batch equals what ``from_directory`` yields for the same files, bit for bit;
+and no float32 copy of a split (4x the uint8 size) is ever held.
 Labels follow the head: ``binary`` (float32, shape (1,)) for 2 classes, ``int`` otherwise.
 """
 
@@ -19,7 +25,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from toonvision.augment import AugmentSpec, augment_dataset
+from toonvision.augment import AugmentSpec, augment_crop
+from toonvision.cache import CropCache, Reader
 from toonvision.constants import DEFAULT_BATCH_SIZE, DEFAULT_IMAGE_SIZE
 from toonvision.errors import ImageError, SplitError, UsageError
 
@@ -31,7 +38,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # what image_dataset_from_directory reads
-SHUFFLE_BATCHES = 8  # per-epoch shuffle buffer, in batches (Keras' own choice)
+SHUFFLE_BATCHES = 8  # from_directory's per-epoch shuffle buffer, in batches (Keras' own choice)
+PREFETCH_BATCHES = 2  # float32 batches ready ahead of the model: enough to overlap, bounded memory
 
 
 def label_mode_for(num_classes: int) -> str:
@@ -74,7 +82,7 @@ def from_directory(
     file_paths = list(dataset.file_paths)
     if not shuffle and len(file_paths) != len(paths):  # Keras walks the same folders; a guard
         raise SplitError(f"{split_dir}: Keras found {len(file_paths)} images where {len(paths)} were listed")
-    return _finish(dataset, len(file_paths), batch_size, shuffle, seed, None, file_paths, classes)
+    return _finish(dataset, len(file_paths), batch_size, shuffle, seed, file_paths, classes)
 
 
 def from_plan(
@@ -86,11 +94,15 @@ def from_plan(
     shuffle: bool = False,
     seed: int | None = None,
     augment: AugmentSpec | None = None,
+    cache: CropCache | None = None,
 ) -> "tf.data.Dataset":
     """Batches of one split of ``plan``, read from the pool's crops, decoded as Keras does.
 
-    With ``shuffle`` the file order is permuted once from ``seed`` and reshuffled every epoch;
-    ``augment`` (training only) applies the fused random flip/rotation/zoom per batch.
+    ``cache`` (from :func:`toonvision.cache.crop_cache`) shares decoded crops between runs;
+    without one, the split is decoded into a cache of its own. With ``shuffle`` the order is
+    drawn from ``seed`` and changes every epoch; ``augment`` (training only) replaces the
+    resize of each image by the fused resize + random flip/rotation/zoom of ``augment_crop``. ``dataset.file_paths`` lists the split's files in
+    plan order (class, then crop), the order of the batches when not shuffled.
     """
     import numpy as np
     import tensorflow as tf
@@ -110,19 +122,52 @@ def from_plan(
         )
     paths = [str(Path(pool) / a.crop) for a in chosen]
     labels = np.array([classes.index(a.cls) for a in chosen], dtype="int32")
-    if shuffle:
-        order = np.random.default_rng(seed).permutation(len(paths))
-        paths, labels = [paths[i] for i in order], labels[order]
-    label_mode = label_mode_for(len(classes))
-    label_ds = tf.data.Dataset.from_tensor_slices(labels)
-    if label_mode == "binary":
-        label_ds = label_ds.map(lambda y: tf.expand_dims(tf.cast(y, tf.float32), -1))
+    cache = cache if cache is not None else CropCache()
+    where = cache.locate(cache.ensure(paths))
+    read = cache.reader()
     size = tuple(int(v) for v in image_size)
-    images = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda path: decode_crop(path, size), num_parallel_calls=tf.data.AUTOTUNE
-    )
-    dataset = tf.data.Dataset.zip((images, label_ds))
-    return _finish(dataset, len(paths), batch_size, shuffle, seed, augment, paths, classes)
+    binary = label_mode_for(len(classes)) == "binary"
+
+    def target(label: "tf.Tensor") -> "tf.Tensor":
+        return tf.expand_dims(tf.cast(label, tf.float32), -1) if binary else label
+
+    def load(row: "tf.Tensor", label: "tf.Tensor") -> tuple["tf.Tensor", "tf.Tensor"]:
+        return resize_cached(read, row, size), target(label)
+
+    def load_augmented(element: tuple["tf.Tensor", "tf.Tensor"], image_seed: "tf.Tensor") -> tuple["tf.Tensor", "tf.Tensor"]:
+        row, label = element
+        return augment_crop(read_cached(read, row), image_seed, size, augment), target(label)
+
+    dataset = tf.data.Dataset.from_tensor_slices((where, labels))
+    if shuffle:
+        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if augment is None:
+        dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        # every image its own stateless seed, re-drawn each epoch: reproducible whatever the thread timing
+        seeds = tf.data.Dataset.random(seed=_derived_seed(seed, 1), rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(load_augmented, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size).prefetch(PREFETCH_BATCHES)
+    dataset.file_paths = paths
+    dataset.class_names = classes
+    return dataset
+
+
+def read_cached(read: Reader, row: "tf.Tensor") -> "tf.Tensor":
+    """A cached crop (a ``CropCache.locate`` row): its (height, width, 3) uint8 pixels."""
+    import tensorflow as tf
+
+    image = tf.numpy_function(read, [row], tf.uint8, stateful=False)
+    return tf.reshape(image, tf.stack([row[1], row[2], 3]))
+
+
+def resize_cached(read: Reader, row: "tf.Tensor", image_size: tuple[int, int]) -> "tf.Tensor":
+    """A cached crop resized to float32 ``image_size`` as Keras' loader does."""
+    import tensorflow as tf
+
+    image = tf.image.resize(read_cached(read, row), image_size, method="bilinear")
+    image.set_shape((*image_size, 3))
+    return image
 
 
 def decode_crop(path: "tf.Tensor", image_size: tuple[int, int]) -> "tf.Tensor":
@@ -169,12 +214,22 @@ def find_undecodable(paths: Iterable[str | Path]) -> ImageError | None:
         try:
             tf.image.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as exc:
-            reason = exc.message.splitlines()[0] if exc.message else type(exc).__name__
+            reason = _tf_reason(exc.message) or type(exc).__name__
             return ImageError(
                 f"{path}: cannot be decoded as an image ({reason}); remove it from the pool "
                 "or re-export it, then run `toonvision extract` again"
             )
     return None
+
+
+def _tf_reason(message: str | None) -> str:
+    """TensorFlow's error text without its op-node wrapper: "Invalid PNG. Failed to initialize decoder"."""
+    import re
+
+    line = (message or "").strip().splitlines()[0] if (message or "").strip() else ""
+    line = re.sub(r"\{\{[^}]*\}\}\s*", "", line)
+    line = re.sub(r"\s*\[Op:[^\]]*\].*$", "", line)
+    return line.strip().rstrip(".")
 
 
 def _check_arguments(
@@ -198,21 +253,21 @@ def _finish(
     batch_size: int,
     shuffle: bool,
     seed: int | None,
-    augment: AugmentSpec | None,
     file_paths: list[str],
     classes: list[str],
 ) -> "tf.data.Dataset":
-    """cache -> shuffle -> batch -> augment -> prefetch, with the file list and class names attached."""
+    """(cache -> shuffle) -> batch -> prefetch, with the file list and class names attached.
+
+    Only a shuffled dataset, iterated for several epochs, caches its decoded images; an
+    ordered one is read once (evaluate, predict) and would only hold float32 copies.
+    """
     import tensorflow as tf
 
-    dataset = dataset.cache()
     if shuffle:
+        dataset = dataset.cache()
         buffer = max(1, min(count, SHUFFLE_BATCHES * batch_size))
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
-    if augment is not None:
-        dataset = augment_dataset(dataset, seed=_derived_seed(seed, 1), spec=augment)
-    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size).prefetch(PREFETCH_BATCHES)
     dataset.file_paths = [str(p) for p in file_paths]
     dataset.class_names = list(classes)
     return dataset

@@ -20,10 +20,12 @@ removed, so they only grow.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import os
+import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -38,7 +40,7 @@ from toonvision.constants import (
     PNG_COMPRESS_LEVEL,
     XML_SUFFIX,
 )
-from toonvision.errors import AnnotationError, ImageError, UsageError
+from toonvision.errors import AnnotationError, ImageError, ToonVisionError, UsageError
 from toonvision.fsutil import locked, remove_stale_temp_files, write_error
 from toonvision.images import decode_image, read_image_bytes
 from toonvision.labels import group_of, normalise_label, read_classes_file
@@ -49,6 +51,7 @@ from toonvision.voc import load_annotation
 logger = logging.getLogger(__name__)
 
 ERROR, WARNING = "error", "warning"
+_KEPT = "the pool is intact, with every crop committed before the failure; run the command again to add the rest"
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,11 @@ def extract(layout: Layout, options: ExtractOptions = ExtractOptions(), progress
                 _refuse_unknown_labels(found.screenshots, known_labels)
             return _extract_locked(layout, root, found, known_labels, options, list(found.problems), progress)
         except OSError as exc:
-            raise write_error(Path(exc.filename or layout.pool), exc) from exc
+            _tidy_staging(layout)
+            raise write_error(Path(exc.filename or layout.pool), exc, _KEPT) from exc
+        except BaseException:
+            _tidy_staging(layout)
+            raise
 
 
 def validate(root: Path, classes: Path | None = None, progress: bool = False) -> ValidationResult:
@@ -412,11 +419,24 @@ def _read_all(screenshots, known_labels, encode, workers, progress) -> Iterator[
         if workers <= 1:
             yield from _with_bar(map(_read_screenshot_args, args), bar)
         else:
-            with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+            with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_die_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
                 chunk = max(1, min(16, len(args) // (workers * 8)))
                 yield from _with_bar(pool.map(_read_screenshot_args, args, chunksize=chunk), bar)
     finally:
         bar.close()
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a worker: exit when extract dies, instead of waiting forever for work (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # killed before the call above took effect
+        os._exit(1)
 
 
 def _with_bar(results: Iterable[ScreenshotCrops], bar) -> Iterator[ScreenshotCrops]:
@@ -489,6 +509,12 @@ def _recover_staging(layout: Layout) -> None:
         else:
             staged.unlink()
     _remove_empty_dirs(layout.staging)
+
+
+def _tidy_staging(layout: Layout) -> None:
+    """After a failure: commit what the manifest holds, delete the rest (frees a full disk)."""
+    with contextlib.suppress(OSError, ToonVisionError):
+        _recover_staging(layout)
 
 
 def _remove_empty_dirs(folder: Path) -> None:

@@ -104,15 +104,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_error(path: Path, exc: OSError) -> ToonVisionError:
-    """Turn a failed write into a message that names the path and the fix."""
+def write_error(path: Path, exc: OSError, outcome: str = "nothing was changed") -> ToonVisionError:
+    """Turn a failed write into a message that names the path, the fix and what was kept."""
     if exc.errno == errno.ENOSPC:
         hint = "the disk is full; free some space and run the command again"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         hint = "the folder is not writable; fix its permissions or choose another folder"
     else:
         hint = exc.strerror or str(exc)
-    return ToonVisionError(f"{path}: cannot write ({hint}); nothing was changed")
+    return ToonVisionError(f"{path}: cannot write ({hint}); {outcome}")
 
 
 def swap_directory(new: Path, target: Path) -> None:

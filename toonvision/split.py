@@ -593,8 +593,10 @@ def write_split(plan: SplitPlan, layout: Layout, dest: Path | None = None) -> Pa
     except OSError as exc:
         shutil.rmtree(build, ignore_errors=True)
         raise write_error(target, exc) from exc
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(build, ignore_errors=True)
+        if isinstance(exc.__cause__, OSError) and not isinstance(exc, PoolError):  # a failed atomic write
+            raise write_error(target, exc.__cause__) from exc.__cause__  # name the split, not its build
         raise
     return target
 

@@ -54,6 +54,7 @@ from toonvision.models import get_model_spec
 if TYPE_CHECKING:
     import keras
 
+    from toonvision.cache import CropCache
     from toonvision.split import SplitPlan
     from toonvision.tasks import Task
 
@@ -99,6 +100,7 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     verbose: bool = False
+    cache_budget: int | str | None = None  # RAM for decoded crops (toonvision.cache); None: $TOONVISION_CACHE_BUDGET or 2 GiB
 
     def __post_init__(self) -> None:
         get_model_spec(self.model)
@@ -125,6 +127,9 @@ class TrainConfig:
             raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other; pass one of them")
+        from toonvision.cache import cache_budget
+
+        cache_budget(self.cache_budget)  # a bad size fails here, before any work
 
     @property
     def augmented(self) -> bool:
@@ -259,6 +264,7 @@ def train(layout: Layout, config: TrainConfig, progress: bool = False) -> TrainR
     first = _plan(plan_split, records, task, config, 0)  # a task with < 2 classes fails here, before any write
     classes = tuple(first.classes)  # the same for every seed: they depend on the pool and --min-per-class only
     weights = _resolve_weights(config)
+    _crops(layout, config, first)  # decode every crop of the task once, before anything is written
     _make_folder(out)
     with locked(out / LOCK, str(out)):
         ledger = _Ledger.open(out, config, _pool_fingerprint(records, task), classes)
@@ -312,7 +318,7 @@ def _run(
     keras.backend.clear_session()  # drop the previous run's graphs and layers
     keras.utils.set_random_seed(seed)
     size = tuple(config.image_size)
-    common = dict(image_size=size, batch_size=config.batch_size)
+    common = dict(image_size=size, batch_size=config.batch_size, cache=_crops(layout, config, plan))
     train_ds = datasets.from_plan(
         plan, layout.pool, "train", shuffle=True, seed=seed,
         augment=DEFAULT_AUGMENT if config.augmented else None, **common,
@@ -347,6 +353,14 @@ def _run(
     )
     logger.info("run %d (seed %d): val loss %.4f, test accuracy %.4f", k, seed, record.val_loss, record.test_accuracy)
     return record, history, model
+
+
+def _crops(layout: Layout, config: TrainConfig, plan: "SplitPlan") -> "CropCache":
+    """The process's decoded-crop cache with every crop of ``plan``: decoded on the first call only."""
+    from toonvision.cache import crop_cache
+
+    paths = [str(layout.pool / a.crop) for a in plan.assignments]
+    return crop_cache(layout.cache, paths, config.cache_budget)
 
 
 def _best_info(
