@@ -409,8 +409,6 @@ def test_killed_evaluation_reruns_to_identical_outputs(tf_case, point):
         p.name for p in old.iterdir() if not p.name.startswith("."))
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate does not remove the temp file a killed evaluate left "
-                                       "(evaluation/.<name>.<pid>.<random>.tmp); see docs/RELIABILITY.md")
 def test_rerun_evaluation_leaves_no_temp_files(tf_case):
     _, _, _, layouts = tf_case
     assert all(not temp_files(layouts[point].task_models("binary")) for point in EVALUATE_KILLS)

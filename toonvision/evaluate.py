@@ -37,7 +37,7 @@ import numpy as np
 
 from toonvision.constants import DEFAULT_BATCH_SIZE, IMAGE_SUFFIXES, XML_SUFFIX
 from toonvision.errors import ImageError, ModelFileError, PoolError, UsageError
-from toonvision.fsutil import atomic_write_text, glob_escape
+from toonvision.fsutil import atomic_write_text, glob_escape, remove_stale_temp_files
 from toonvision.layout import SPLITS, Layout
 
 if TYPE_CHECKING:
@@ -847,6 +847,8 @@ def _predict_dataset(loaded: LoadedModel, dataset: "tf.data.Dataset") -> tuple[l
 def write_evaluation(result: EvaluationResult, out: Path, *, worst: int = DEFAULT_WORST, plots: bool = True) -> list[Path]:
     """evaluation.json, predictions.csv and the figures, each written atomically."""
     out = Path(out)
+    for name in (EVALUATION_JSON, PREDICTIONS_CSV, CONFUSION_PLOT, WORST_PLOT):
+        remove_stale_temp_files(out / name)  # left by a killed evaluation
     written = [out / EVALUATION_JSON, out / PREDICTIONS_CSV]
     atomic_write_text(out / EVALUATION_JSON, json.dumps(result.to_dict(), indent=2) + "\n")
     atomic_write_text(out / PREDICTIONS_CSV, predictions_csv(result.predictions, result.classes))
