@@ -25,7 +25,6 @@ import hashlib
 import io
 import logging
 import os
-import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from toonvision.constants import (
     XML_SUFFIX,
 )
 from toonvision.errors import AnnotationError, ImageError, ToonVisionError, UsageError
-from toonvision.fsutil import locked, remove_stale_temp_files, write_error
+from toonvision.fsutil import die_with_parent, locked, remove_stale_temp_files, write_error
 from toonvision.images import decode_image, read_image_bytes
 from toonvision.labels import group_of, normalise_label, read_classes_file
 from toonvision.layout import Layout
@@ -419,24 +418,12 @@ def _read_all(screenshots, known_labels, encode, workers, progress) -> Iterator[
         if workers <= 1:
             yield from _with_bar(map(_read_screenshot_args, args), bar)
         else:
-            with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_die_with_parent,
+            with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=die_with_parent,
                                      initargs=(os.getpid(),)) as pool:
                 chunk = max(1, min(16, len(args) // (workers * 8)))
                 yield from _with_bar(pool.map(_read_screenshot_args, args, chunksize=chunk), bar)
     finally:
         bar.close()
-
-
-def _die_with_parent(parent: int) -> None:
-    """In a worker: exit when extract dies, instead of waiting forever for work (Linux)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # killed before the call above took effect
-        os._exit(1)
 
 
 def _with_bar(results: Iterable[ScreenshotCrops], bar) -> Iterator[ScreenshotCrops]:

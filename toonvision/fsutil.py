@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -186,3 +187,16 @@ def _forget_locks() -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
     _HELD_LOCKS.clear()
+
+
+def die_with_parent(parent: int) -> None:
+    """Pool initializer: exit when the parent dies, instead of holding its locks and waiting
+    forever for work (Linux; elsewhere only a parent already gone is noticed)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # killed before the call above took effect
+        os._exit(1)

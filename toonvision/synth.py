@@ -40,7 +40,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from toonvision.constants import IMAGE_SUFFIXES, SUITS
 from toonvision.errors import PoolLockedError, UsageError
-from toonvision.fsutil import atomic_write_bytes
+from toonvision.fsutil import atomic_write_bytes, die_with_parent
 from toonvision.voc import Annotation, Box, ImageSize, VocObject, format_annotation
 
 logger = logging.getLogger(__name__)
@@ -1563,7 +1563,8 @@ class _Runner:
 
     def __init__(self, workers: int) -> None:
         fork = "fork" in multiprocessing.get_all_start_methods()
-        self._pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        self._pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                          initializer=die_with_parent, initargs=(os.getpid(),))
                       if workers > 1 and fork else None)
         if self._pool is not None:
             self._pool.submit(int).result()  # fork the workers now, before a progress bar starts a thread
