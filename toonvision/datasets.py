@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # what image_dataset_from_directory reads
 SHUFFLE_BATCHES = 8  # from_directory's per-epoch shuffle buffer, in batches (Keras' own choice)
-PREFETCH_BATCHES = 2  # float32 batches ready ahead of the model: enough to overlap, bounded memory
+PREFETCH_BATCHES = 1  # a float32 batch ready ahead of the model: overlaps input and training, bounded memory
 
 
 def label_mode_for(num_classes: int) -> str:

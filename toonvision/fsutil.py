@@ -76,14 +76,14 @@ def remove_stale_temp_files(path: Path) -> None:
     prefix = _temp_prefix(path)
     for stale in path.parent.glob(f"{glob_escape(prefix)}*.tmp"):
         pid = stale.name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and pid_alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
             stale.unlink()
             logger.debug("%s: removed a temp file left by an interrupted write", stale)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists (this one counts)."""
     if pid == os.getpid():
         return True

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from toonvision.errors import PoolError, SplitError, UsageError
-from toonvision.fsutil import atomic_write_text, locked, recover_swap, swap_directory, write_error
+from toonvision.fsutil import atomic_write_text, locked, pid_alive, recover_swap, swap_directory, write_error
 from toonvision.layout import SPLITS, Layout
 from toonvision.manifest import CropRecord, load_manifest
 from toonvision.tasks import Task
@@ -642,20 +642,8 @@ def _remove_stale_builds(target: Path) -> None:
     prefix = f".{target.name}{_BUILD_MARK}"
     for path in target.parent.glob(f"{glob.escape(prefix)}*"):
         pid_text = path.name[len(prefix):].split("-", 1)[0]
-        if pid_text.isdigit() and not _alive(int(pid_text)):
+        if pid_text.isdigit() and not pid_alive(int(pid_text)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def format_split_csv(plan: SplitPlan, files: Sequence[str] | None = None) -> str:
