@@ -377,8 +377,8 @@ def test_killed_training_resumes_to_the_clean_state(tf_case, point):
     assert not (out / ".work").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="train --resume does not remove the temp file a kill left "
-                                       "(models/<task>/.runs.csv.<pid>.<random>.tmp); see docs/RELIABILITY.md")
+@pytest.mark.xfail(strict=True, reason="train --resume does not remove every temp file a kill left "
+                                       "under models/<task>/; see docs/RELIABILITY.md")
 def test_resumed_training_leaves_no_temp_files(tf_case):
     _, _, _, layouts = tf_case
     assert all(not temp_files(layouts[point].models_dir) for point in TRAIN_KILLS)

@@ -67,6 +67,19 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name[:80]}."
 
 
+def remove_stale_temp_files_in(folder: Path) -> None:
+    """Delete every temp file (``.<name>.<pid>.<random>.tmp``) under ``folder`` whose writer is gone."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for stale in folder.rglob(".*.tmp"):
+        parts = stale.name.split(".")
+        pid = parts[-3] if len(parts) >= 4 else ""
+        if pid.isdigit() and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
 def remove_stale_temp_files(path: Path) -> None:
     """Delete temp files that a killed :func:`atomic_write_bytes` of ``path`` left behind.
 
