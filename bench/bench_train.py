@@ -18,7 +18,7 @@ the same data (issue 7, targets 1-3):
    decoded-crop cache, model build) from its start to its first training step, divided by a
    steady epoch (target <= 0.2); and the same for the original way: the split's files placed in
    folders and Keras' ``image_dataset_from_directory`` decoding every PNG every epoch.
-3. ``fullrun``: images/s of a whole ``baseline`` run (``train._run``: re-split, datasets,
+3. ``fullrun``: images/s of a whole ``baseline`` run (``train.train_run``: re-split, datasets,
    fresh model, epochs with validation, test evaluation) / ``model.fit`` + ``evaluate`` of the
    same model on the same images already in memory as tensors, the ceiling (target >= 0.9).
 
@@ -245,7 +245,7 @@ def bench_fullrun(layout, records, task, size, batch, rounds, epochs) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from toonvision.train import TrainConfig, _run
+    from toonvision.train import TrainConfig, train_run
 
     config = TrainConfig(task="binary", model="baseline", epochs=epochs, seed=SEED, image_size=size, batch_size=batch)
     plan = plan_split(records, task, RATIOS, SEED)
@@ -257,7 +257,7 @@ def bench_fullrun(layout, records, task, size, batch, rounds, epochs) -> None:
     n_train = int(tensors["train"][0].shape[0])
     run_rates, ceiling_rates = [], []
     for _ in range(rounds):
-        record, _, model = _run(layout, config, plan, 0, None)
+        record, _, model = train_run(layout, config, plan, 0, None)
         run_rates.append(epochs * n_train / record.seconds)
         del model
         import keras

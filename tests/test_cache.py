@@ -209,3 +209,21 @@ def test_cache_budget_from_the_environment(monkeypatch):
 def test_bad_cache_budgets(value):
     with pytest.raises(UsageError, match="cache budget"):
         cache_budget(value)
+
+
+def test_a_dropped_dataset_releases_its_pixels(pool):
+    """TensorFlow keeps numpy_function callbacks forever; they must not keep the pixels alive."""
+    import gc
+    import weakref
+
+    layout, records = pool
+    plan = plan_split(records, get_task("suit"), (0.5, 0.5), seed=0)
+    cache = CropCache()
+    iterator = iter(from_plan(plan, layout.pool, "train", (48, 40), batch_size=3, cache=cache))
+    buffer = weakref.ref(cache._buffer)
+    del cache
+    gc.collect()
+    assert sum(len(x) for x, _ in iterator) == len(plan.files("train"))  # the iterator holds its dataset
+    del iterator
+    gc.collect()
+    assert buffer() is None

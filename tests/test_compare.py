@@ -36,7 +36,7 @@ def fake_run(seen):
 def test_run_k_of_every_model_uses_the_same_split(tmp_path, monkeypatch):
     layout, _ = write_colour_pool(tmp_path / "img", {"cog_bb_a": 6, "toon_cat": 6})
     seen = []
-    monkeypatch.setattr(train_module, "_run", fake_run(seen))
+    monkeypatch.setattr(train_module, "train_run", fake_run(seen))
     config = CompareConfig(task="binary", models=("baseline", "optimized"), runs=3, epochs=2, seed=11,
                            image_size=(48, 44), batch_size=4)
 

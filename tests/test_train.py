@@ -19,6 +19,7 @@ keras = pytest.importorskip("keras")
 
 from conftest import write_colour_pool  # noqa: E402
 from toonvision.errors import ImageError, PoolError, SplitError, TrainingError, UsageError  # noqa: E402
+from toonvision.fsutil import file_sha256  # noqa: E402
 from toonvision.layout import Layout  # noqa: E402
 from toonvision.split import load_split, plan_from_dict  # noqa: E402
 from toonvision.train import (  # noqa: E402
@@ -156,6 +157,7 @@ def test_runs_are_independent_and_the_best_is_kept(trained):
     assert (info["run"], info["seed"]) == (result.best.run, result.best.seed)
     assert info["metrics"]["test"]["accuracy"] == result.best.test_accuracy
     assert set(info["versions"]) == {"toonvision", "tensorflow", "keras"}
+    assert info["model_sha256"] == file_sha256(out / "best.keras")  # best.json names its model file
     # every run re-split the pool; the chosen run's split is what img/data/ now holds
     histories = [json.loads(line) for line in (out / HISTORIES).read_text().splitlines()]
     assert [h["run"] for h in histories] == [0, 1, 2] and len(histories[0]["history"]["val_loss"]) == 1

@@ -41,6 +41,7 @@ import os
 import re
 import secrets
 import struct
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
@@ -154,10 +155,10 @@ class CropCache:
         """A function from a ``locate`` row to that crop's (height, width, 3) uint8 pixels.
 
         It is bound to the storage as it is now, so a dataset built from it keeps working
-        while the cache grows.
+        while the cache grows. A dataset must hold it (see :func:`weak_reader`).
         """
         if self._file is not None:
-            return self._file.read
+            return self._file
         return _MemoryReader(self._buffer)
 
     def read(self, key: str) -> np.ndarray:
@@ -392,6 +393,30 @@ def _decoder_version() -> str:
 
 # -- storage -------------------------------------------------------------------------------------
 
+class _WeakReader:
+    """What ``tf.numpy_function`` keeps of a reader: a weak reference.
+
+    TensorFlow never releases the Python functions of ``numpy_function`` (its registry only
+    grows), so a reader it held strongly would keep the pixels of every finished dataset
+    alive. The dataset holds the reader instead (as ``tf.data.Dataset.from_generator``
+    holds its generator), and the reader dies with it.
+    """
+
+    def __init__(self, reader: Reader) -> None:
+        self._reader = weakref.ref(reader)
+
+    def __call__(self, where: np.ndarray) -> np.ndarray:
+        reader = self._reader()
+        if reader is None:
+            raise RuntimeError("the decoded crops of this dataset were released; build the dataset again")
+        return reader(where)
+
+
+def weak_reader(reader: Reader) -> Reader:
+    """A reader for ``tf.numpy_function`` that does not keep ``reader`` (and its pixels) alive."""
+    return _WeakReader(reader)
+
+
 class _MemoryReader:
     """Reads crops out of one in-memory buffer (a copy, so the batch does not pin the buffer)."""
 
@@ -410,7 +435,7 @@ class _PixelFile:
         self.path = path
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
-    def read(self, where: np.ndarray) -> np.ndarray:
+    def __call__(self, where: np.ndarray) -> np.ndarray:
         offset, height, width = (int(v) for v in where)
         size = height * width * 3
         data = os.pread(self.fd, size, offset)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from toonvision.constants import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_IMAGE_SIZE, DEFAULT_RATIOS
+from toonvision.constants import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_IMAGE_SIZE, DEFAULT_RATIOS, FOLDER_LOCK
 from toonvision.errors import TrainingError, UsageError
 from toonvision.fsutil import atomic_write_text, locked
 from toonvision.layout import Layout
@@ -193,17 +193,18 @@ def compare(layout: Layout, config: CompareConfig, out: Path | None = None, prog
     """Train every model of ``config`` on the same ``config.runs`` splits and write the comparison."""
     from toonvision.split import load_pool, plan_split
     from toonvision.tasks import get_task
+    from toonvision.train import resolve_weights, train_run
 
     task = get_task(config.task, config.task_config)
     configs = {m: config.train_config(m) for m in config.models}
-    weights = {m: _weights(c) for m, c in configs.items()}  # a missing weights file fails before training
+    weights = {m: resolve_weights(c) for m, c in configs.items()}  # a missing weights file fails before training
     with locked(layout.lock_file, str(layout.img_dir)):
         records, _missing = load_pool(layout)
     out = Path(out) if out is not None else layout.task_models(task.name) / COMPARE_DIR
     _make_folder(out)
     runs: list[ComparedRun] = []
     classes: tuple[str, ...] = ()
-    with locked(out / ".lock", str(out)):
+    with locked(out / FOLDER_LOCK, str(out)):
         bar = _progress_bar(config, progress)
         try:
             for k in range(config.runs):
@@ -215,7 +216,7 @@ def compare(layout: Layout, config: CompareConfig, out: Path | None = None, prog
                         raise TrainingError(f"task {task.name!r} has fewer than 2 classes in {layout.pool}")
                 digest = split_digest(plan)
                 for model in config.models:
-                    record, history = train_run(layout, configs[model], plan, k, weights[model])
+                    record, history, _ = train_run(layout, configs[model], plan, k, weights[model])
                     runs.append(ComparedRun(model, digest, record, history))
                     bar.set_postfix_str(f"run {k} {model}: test accuracy {record.test_accuracy:.3f}")
                     bar.update(1)
@@ -224,17 +225,6 @@ def compare(layout: Layout, config: CompareConfig, out: Path | None = None, prog
         result = CompareResult(config, classes, tuple(runs), out)
         files = write_comparison(result, out)
     return CompareResult(config, classes, tuple(runs), out, tuple(files))
-
-
-def train_run(
-    layout: Layout, config: "TrainConfig", plan: "SplitPlan", k: int, weights: str | None
-) -> tuple["RunRecord", dict[str, list[float | None]]]:
-    """Run k of one model on ``plan``, exactly as ``toonvision train`` runs it (fresh model and optimizer)."""
-    from toonvision import train
-
-    record, history, model = train._run(layout, config, plan, k, weights)
-    del model
-    return record, dict(history)
 
 
 def write_comparison(result: CompareResult, out: Path) -> list[Path]:
@@ -301,14 +291,6 @@ def _runs_csv(runs: Sequence[ComparedRun]) -> str:
     return buffer.getvalue()
 
 
-def _weights(config: "TrainConfig") -> str | None:
-    if config.model_weights is None:
-        return None
-    from toonvision.models import resolve_mobilenet_weights
-
-    return resolve_mobilenet_weights(config.model_weights, tuple(config.image_size))
-
-
 def _make_folder(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -332,5 +314,5 @@ def _progress_bar(config: CompareConfig, progress: bool) -> Any:
 
 __all__ = [
     "CompareConfig", "CompareResult", "ComparedRun", "compare", "describe", "mean_curves", "split_digest",
-    "train_run", "write_comparison",
+    "write_comparison",
 ]

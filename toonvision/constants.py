@@ -32,3 +32,5 @@ DEFAULT_RUNS = 1
 # Decoded-crop cache (toonvision.cache)
 DEFAULT_CACHE_BUDGET = 2 * 1024**3  # bytes of decoded uint8 pixels kept in RAM; past it, img/.cache on disk
 CACHE_BUDGET_ENV = "TOONVISION_CACHE_BUDGET"  # e.g. 512M, 4G, or 0 for always on disk
+
+FOLDER_LOCK = ".lock"  # held in models/<task>/ and output folders while a command writes there

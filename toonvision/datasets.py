@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from toonvision.augment import AugmentSpec, augment_crop
-from toonvision.cache import CropCache, Reader
+from toonvision.cache import CropCache, Reader, weak_reader
 from toonvision.constants import DEFAULT_BATCH_SIZE, DEFAULT_IMAGE_SIZE
 from toonvision.errors import ImageError, SplitError, UsageError
 
@@ -124,7 +124,8 @@ def from_plan(
     labels = np.array([classes.index(a.cls) for a in chosen], dtype="int32")
     cache = cache if cache is not None else CropCache()
     where = cache.locate(cache.ensure(paths))
-    read = cache.reader()
+    pixels = cache.reader()
+    read = weak_reader(pixels)
     size = tuple(int(v) for v in image_size)
     binary = label_mode_for(len(classes)) == "binary"
 
@@ -139,6 +140,7 @@ def from_plan(
         return augment_crop(read_cached(read, row), image_seed, size, augment), target(label)
 
     dataset = tf.data.Dataset.from_tensor_slices((where, labels))
+    dataset._toonvision_pixels = pixels  # every dataset derived from this one keeps the pixels alive
     if shuffle:
         dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     if augment is None:
@@ -261,8 +263,6 @@ def _finish(
     Only a shuffled dataset, iterated for several epochs, caches its decoded images; an
     ordered one is read once (evaluate, predict) and would only hold float32 copies.
     """
-    import tensorflow as tf
-
     if shuffle:
         dataset = dataset.cache()
         buffer = max(1, min(count, SHUFFLE_BATCHES * batch_size))

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from toonvision.constants import DEFAULT_BATCH_SIZE, IMAGE_SUFFIXES, XML_SUFFIX
+from toonvision.constants import DEFAULT_BATCH_SIZE, FOLDER_LOCK, IMAGE_SUFFIXES, XML_SUFFIX
 from toonvision.errors import ImageError, ModelFileError, PoolError, UsageError
-from toonvision.fsutil import atomic_write_text, glob_escape, remove_stale_temp_files
+from toonvision.fsutil import atomic_write_text, file_sha256, glob_escape, locked, remove_stale_temp_files
 from toonvision.layout import SPLITS, Layout
 
 if TYPE_CHECKING:
@@ -385,6 +385,7 @@ def open_model(path: Path, classes: Sequence[str] | str | None = None, unsafe: b
                 "disagrees; leave out --classes"
             )
         given = recorded
+        _check_model_hash(file, record)
     elif given is None:
         kind = "a Keras 2 HDF5 model" if legacy else "a model without best.json beside it"
         raise UsageError(
@@ -405,6 +406,18 @@ def open_model(path: Path, classes: Sequence[str] | str | None = None, unsafe: b
     task = str(record["task"]) if record is not None and record.get("task") else None
     info = ModelInfo(file, tuple(given), image_size, task, display, legacy, record)
     return LoadedModel(model, info)
+
+
+def _check_model_hash(file: Path, record: Mapping[str, Any]) -> None:
+    """Refuse a model file that is not the one its best.json describes (a promotion cut short)."""
+    recorded = record.get("model_sha256")
+    if recorded is None or file_sha256(file) == recorded:
+        return
+    task = record.get("task") or "T"
+    raise ModelFileError(
+        f"{file} is not the model {file.with_suffix('.json').name} describes (a training was stopped while "
+        f"replacing them); run `toonvision train --task {task} --resume` with the same options to finish it"
+    )
 
 
 def _input_size(model: "keras.Model", file: Path) -> tuple[int, int]:
@@ -845,8 +858,16 @@ def _predict_dataset(loaded: LoadedModel, dataset: "tf.data.Dataset") -> tuple[l
 
 
 def write_evaluation(result: EvaluationResult, out: Path, *, worst: int = DEFAULT_WORST, plots: bool = True) -> list[Path]:
-    """evaluation.json, predictions.csv and the figures, each written atomically."""
+    """evaluation.json, predictions.csv and the figures, each written atomically.
+
+    A lock on ``out`` keeps two evaluations from mixing their files there.
+    """
     out = Path(out)
+    with locked(out / FOLDER_LOCK, str(out)):
+        return _write_evaluation(result, out, worst, plots)
+
+
+def _write_evaluation(result: EvaluationResult, out: Path, worst: int, plots: bool) -> list[Path]:
     for name in (EVALUATION_JSON, PREDICTIONS_CSV, CONFUSION_PLOT, WORST_PLOT):
         remove_stale_temp_files(out / name)  # left by a killed evaluation
     written = [out / EVALUATION_JSON, out / PREDICTIONS_CSV]

@@ -826,7 +826,7 @@ def _draw_cog_head(pen: _Pen, look: _CogLook, y0: float) -> None:
 
 
 def _draw_toon(pen: _Pen, look: _ToonLook) -> None:
-    side, back = look.pose == "side", look.pose == "back"
+    side = look.pose == "side"
     fur, glove = look.fur, _WHITE
     hip = look.leg
     legs = (-0.02, 0.03) if side else (-0.055, 0.055)
@@ -864,7 +864,6 @@ def _draw_toon_head(pen: _Pen, look: _ToonLook, y0: float) -> None:
     pink = _mix(look.fur, (250, 160, 180), 0.6)
     animal = look.animal
     cx = 0.02 if side else 0.0
-    fx = cx + (0.22 * w if side else 0.0)  # face centre
     ears = (1.0,) if side else (-1.0, 1.0)
     if animal == "horse":
         w, h = w * 0.78, h * 1.3

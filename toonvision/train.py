@@ -44,9 +44,10 @@ from toonvision.constants import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_RATIOS,
     DEFAULT_RUNS,
+    FOLDER_LOCK,
 )
 from toonvision.errors import PoolLockedError, ToonVisionError, TrainingError, UsageError
-from toonvision.fsutil import atomic_write_text, locked, remove_stale_temp_files_in
+from toonvision.fsutil import atomic_write_text, file_sha256, locked, remove_stale_temp_files_in
 from toonvision.layout import Layout
 from toonvision.manifest import CropRecord
 from toonvision.models import get_model_spec
@@ -66,7 +67,6 @@ LEDGER = "runs.csv"
 HISTORIES = "histories.jsonl"
 TRAIN_INFO = "train.json"
 WORK = ".work"
-LOCK = ".lock"
 CURVES_PLOT = "training_curves.png"
 BOXPLOT = "test_metrics.png"
 ARCHITECTURE_PLOT = "architecture.png"
@@ -263,10 +263,10 @@ def train(layout: Layout, config: TrainConfig, progress: bool = False) -> TrainR
     config = _resolve_seed(config, out)
     first = _plan(plan_split, records, task, config, 0)  # a task with < 2 classes fails here, before any write
     classes = tuple(first.classes)  # the same for every seed: they depend on the pool and --min-per-class only
-    weights = _resolve_weights(config)
+    weights = resolve_weights(config)
     _crops(layout, config, first)  # decode every crop of the task once, before anything is written
     _make_folder(out)
-    with locked(out / LOCK, str(out)):
+    with locked(out / FOLDER_LOCK, str(out)):
         ledger = _Ledger.open(out, config, _pool_fingerprint(records, task), classes)
         runs = list(ledger.runs)
         resumed = len(runs)
@@ -275,7 +275,7 @@ def train(layout: Layout, config: TrainConfig, progress: bool = False) -> TrainR
             _show_best(bar, runs)
             for k in range(resumed, config.runs):
                 plan = first if k == 0 else _plan(plan_split, records, task, config, k)
-                record, history, model = _run(layout, config, plan, k, weights)
+                record, history, model = train_run(layout, config, plan, k, weights)
                 ledger.commit(record, history, model, _best_info(task, config, plan, record, history))
                 runs.append(record)
                 bar.update(1)
@@ -303,7 +303,7 @@ def _plan(plan_split, records: list[CropRecord], task: "Task", config: TrainConf
     )
 
 
-def _run(
+def train_run(
     layout: Layout, config: TrainConfig, plan: "SplitPlan", k: int, weights: str | None
 ) -> tuple[RunRecord, dict[str, list[float | None]], "keras.Model"]:
     """Train and evaluate run ``k`` on ``plan``: fresh seed, fresh model, fresh optimizer."""
@@ -458,6 +458,7 @@ class _Ledger:
         if is_best:
             work.mkdir(exist_ok=True)
             _save_model(model, work / _CANDIDATE_MODEL)
+            info = {**info, "model_sha256": file_sha256(work / _CANDIDATE_MODEL)}  # ties best.json to its model
             atomic_write_text(work / _CANDIDATE_INFO, json.dumps(info, indent=2) + "\n")
         histories = [*self.histories, {"run": record.run, "seed": record.seed, "history": dict(history)}]
         atomic_write_text(self.out / HISTORIES, "".join(json.dumps(h) + "\n" for h in histories))
@@ -609,7 +610,7 @@ def _resolve_seed(config: TrainConfig, out: Path) -> TrainConfig:
     return dataclasses.replace(config, seed=seed)
 
 
-def _resolve_weights(config: TrainConfig) -> str | None:
+def resolve_weights(config: TrainConfig) -> str | None:
     """Find the pretrained weights before anything is written, so a missing file fails fast."""
     if config.model_weights is None:
         return None
