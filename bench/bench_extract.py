@@ -152,7 +152,7 @@ def main() -> None:
             profile.runcall(extract, layout, ExtractOptions(screenshots=small, workers=1))
             shutil.rmtree(workdir / "img-profile")
             buffer = io.StringIO()
-            pstats.Stats(profile, stream=buffer).sort_stats("tottime").print_stats(14)
+            pstats.Stats(profile, stream=buffer).sort_stats("cumtime").print_stats(30)
             print("  profile of extract, one worker (by own time):")
             print("\n".join("    " + line for line in buffer.getvalue().splitlines() if line.strip()))
 

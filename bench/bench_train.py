@@ -28,7 +28,6 @@ Prints one line per figure.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import os
 import platform
@@ -108,9 +107,8 @@ def keras_layers_dataset(dataset):
 def bench_augment(layout, plan, size, batch, rounds) -> None:
     cache = cache_for(layout, plan)
     modes = {}
-    specs = {"fused": DEFAULT_AUGMENT, "fused-nearest": dataclasses.replace(DEFAULT_AUGMENT, interpolation="nearest")}
-    for mode in ("none", "fused", "fused-nearest", "keras-layers"):
-        augment = specs.get(mode)
+    for mode in ("none", "fused", "keras-layers"):
+        augment = DEFAULT_AUGMENT if mode == "fused" else None
         dataset = from_plan(plan, layout.pool, "train", size, batch, shuffle=True, seed=SEED, augment=augment, cache=cache)
         count = len(dataset.file_paths)
         if mode == "keras-layers":
@@ -131,18 +129,14 @@ def bench_augment(layout, plan, size, batch, rounds) -> None:
     original = [k / n for k, n in zip(speed["keras-layers"], speed["none"])]
     print(f"1 augmentation overhead: training images/s with / without augmentation = {spread(ratios)}   "
           f"target >= 0.85 ({'PASS' if statistics.median(ratios) >= 0.85 else 'FAIL'})")
-    nearest = [f / n for f, n in zip(speed["fused-nearest"], speed["none"])]
     print(f"  images/s: none {spread(speed['none'], 1)}; fused {spread(speed['fused'], 1)}; "
           f"3 Keras layers (original) {spread(speed['keras-layers'], 1)}, ratio to none {spread(original)}")
-    print(f"  lever: fused with nearest-neighbour interpolation {spread(speed['fused-nearest'], 1)} images/s, "
-          f"ratio to none {spread(nearest)}")
     for name, values in (("CPU ms per training image", cpu), ("CPU ms per image, input pipeline alone", alone)):
         print(f"  {name}: " + "; ".join(f"{mode} {spread(v, 1)}" for mode, v in values.items()))
-    for mode in ("fused", "fused-nearest"):
-        cpu_ratio = [n / f for n, f in zip(cpu["none"], cpu[mode])]
-        bound = [(c - p) / (c - p + a) for c, p, a in zip(cpu["none"], alone["none"], alone[mode])]
-        print(f"  {mode}: CPU per image none / {mode} {spread(cpu_ratio)}; CPU-bound estimate "
-              f"(network CPU / (network + its pipeline CPU)) {spread(bound)}")
+    cpu_ratio = [n / f for n, f in zip(cpu["none"], cpu["fused"])]
+    bound = [(c - p) / (c - p + a) for c, p, a in zip(cpu["none"], alone["none"], alone["fused"])]
+    print(f"  CPU per image none / fused {spread(cpu_ratio)}; CPU-bound estimate "
+          f"(network CPU / (network + its pipeline CPU)) {spread(bound)}")
 
 
 # -- 2: per-run overhead ------------------------------------------------------------------------

@@ -118,6 +118,22 @@ def test_resize_and_augmentation_fused_match_keras_resize_then_the_layers(crop_s
     assert difference.mean() < 0.05 * 255
 
 
+@pytest.mark.parametrize("crop_size", [(37, 13), (60, 20), (131, 47), (37, 47)])  # up, same, down, mixed
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_augment_crop_samples_the_crop_where_one_fused_resample_would(crop_size, seed):
+    """It resamples at the smaller size, then resizes: the same geometry as one resample from the crop."""
+    crop = smooth_crop(*crop_size)
+    seed = tf.constant([seed, 17], tf.int64)
+    flips, angles, zooms = sample_parameters(seed, 1)
+    matrices = transform_matrices(flips, angles, zooms, HEIGHT, WIDTH, source=crop_size)
+    direct = apply_transforms(tf.constant(crop), matrices, "reflect", (HEIGHT, WIDTH)).numpy()[0]
+    ours = augment_crop(crop[0], seed, (HEIGHT, WIDTH)).numpy()
+    if crop_size[0] >= HEIGHT and crop_size[1] >= WIDTH:  # resampled at the output's size: the same pixels
+        np.testing.assert_allclose(ours, direct, atol=1e-2)
+    else:  # resampled at the crop's size, then resized: a little blur, no shift
+        assert np.abs(ours - direct).mean() < 1.0  # of 255; a wrong geometry was 1.3-50 off
+
+
 def test_augment_crop_draws_from_its_seed():
     crop = smooth_image(41, 17)[0].astype("uint8")
     seed = tf.constant([3, 4], tf.int64)

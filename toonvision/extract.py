@@ -350,15 +350,14 @@ def _extract_locked(layout, root, found, known_labels, options, problems, progre
     pending: list[CropRecord] = []
     moves: list[Screenshot] = []
     written = duplicates = moved = 0
+    folders = _Folders()
 
     def commit() -> None:
         nonlocal written, moved
         if pending:
             save_manifest(layout.manifest, records)
             for record in pending:
-                target = layout.pool / record.crop
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(layout.staging / record.crop, target)
+                os.replace(layout.staging / record.crop, folders.ready(layout.pool / record.crop))
             written += len(pending)
             pending.clear()
         for screenshot in moves:
@@ -374,7 +373,7 @@ def _extract_locked(layout, root, found, known_labels, options, problems, progre
                 duplicates += 1
                 continue
             seen.add(key)
-            record = _stage_crop(layout, result, crop, next_index)
+            record = _stage_crop(layout, result, crop, next_index, folders)
             records.append(record)
             pending.append(record)
         if options.move and not result.has_errors:
@@ -389,14 +388,25 @@ def _extract_locked(layout, root, found, known_labels, options, problems, progre
     )
 
 
-def _stage_crop(layout: Layout, result: ScreenshotCrops, crop: Crop, next_index: Counter) -> CropRecord:
+class _Folders:
+    """Creates each folder a file goes into once per run, not once per file."""
+
+    def __init__(self) -> None:
+        self._made: set[Path] = set()
+
+    def ready(self, file: Path) -> Path:
+        if file.parent not in self._made:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(file.parent)
+        return file
+
+
+def _stage_crop(layout: Layout, result: ScreenshotCrops, crop: Crop, next_index: Counter, folders: _Folders) -> CropRecord:
     index = next_index[crop.label]
     next_index[crop.label] = index + 1
     group = group_of(crop.label)
     relative = f"{group}/{crop.label}_{index}.png"
-    staged = layout.staging / relative
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    staged.write_bytes(crop.png)
+    folders.ready(layout.staging / relative).write_bytes(crop.png)
     return CropRecord(
         crop=relative, label=crop.label, group=group, index=index,
         source=result.screenshot.relative, xmin=crop.box[0], ymin=crop.box[1], xmax=crop.box[2],

@@ -19,6 +19,7 @@ from toonvision.errors import ImageError
 logger = logging.getLogger(__name__)
 
 _FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+_ORIENTATION = 0x0112  # the EXIF tag that says how the camera was turned
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
@@ -38,7 +39,8 @@ def decode_image(data: bytes, source: str, max_pixels: int = MAX_IMAGE_PIXELS) -
                     "(a decompression bomb, or a far larger image than a screenshot); refusing to decode it"
                 )
             image.load()
-            image = ImageOps.exif_transpose(image)
+            if image.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even an upright image
+                image = ImageOps.exif_transpose(image)
             return to_rgb(image)
     except ImageError:
         raise
