@@ -138,6 +138,15 @@ def test_past_the_budget_the_pool_is_cached_on_disk_and_reused_by_another_proces
         np.testing.assert_array_equal(again.read(key), fresh(path))
 
 
+@pytest.mark.parametrize("image_size, on_disk", [((48, 40), False), ((24, 20), True)])
+def test_crops_larger_than_the_model_input_go_to_disk(pool, image_size, on_disk):
+    """RAM holds decoded crops only while they are no larger than the images the model sees."""
+    layout, records = pool
+    paths = paths_of(layout, records)
+    cache = crop_cache(layout.cache, paths, image_size=image_size)  # crops are 48x40; default budget 2 GiB
+    assert cache.on_disk is on_disk
+
+
 def test_a_killed_append_leaves_the_disk_cache_intact(pool):
     layout, records = pool
     paths = paths_of(layout, records)

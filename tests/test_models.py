@@ -105,6 +105,21 @@ def test_loss_goes_down_on_an_easy_set(classes):
     assert "accuracy" in history.history
 
 
+def test_mixed_precision_computes_in_float16_with_a_float32_head_and_scaled_loss():
+    x, y = colour_batch(2)
+    model = build_model("optimized", 2, SMALL, seed=0, mixed_precision=True)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is left as it was
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert (conv.compute_dtype, conv.variable_dtype) == ("float16", "float32")
+    assert model.get_layer("head").compute_dtype == "float32"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    history = model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert model.predict(x, verbose=0).dtype == np.float32
+    plain = build_model("optimized", 2, SMALL, seed=0)
+    assert next(layer for layer in plain.layers if isinstance(layer, keras.layers.Conv2D)).compute_dtype == "float32"
+
+
 def test_mobilenetv2_builds_and_trains_a_step_without_pretrained_weights():
     model = build_model("mobilenetv2", 2, (32, 32), weights=None, seed=0)
     base = next(layer for layer in model.layers if isinstance(layer, keras.Model))

@@ -27,6 +27,7 @@ from toonvision.train import (  # noqa: E402
     BEST_MODEL,
     HISTORIES,
     LEDGER,
+    TRAIN_INFO,
     RunRecord,
     TrainConfig,
     _save_model,
@@ -182,6 +183,20 @@ def test_multiclass_training_uses_a_softmax_head_and_augmentation(tmp_path):
     model = keras.models.load_model(layout.task_models("suit") / BEST_MODEL)
     assert model.output_shape == (None, 3)
     assert len(result.runs) == 1
+
+
+def test_a_mixed_precision_training_is_recorded_and_reloads(binary_pool):
+    from toonvision.evaluate import evaluate
+
+    layout, _ = binary_pool
+    train(layout, TrainConfig(task="binary", runs=1, mixed_precision=True, **TINY))
+    out = layout.task_models("binary")
+    assert json.loads((out / BEST_INFO).read_text())["mixed_precision"] is True
+    assert json.loads((out / TRAIN_INFO).read_text())["config"]["mixed_precision"] is True
+    result = evaluate(layout, task="binary", plots=False)
+    assert all(0.0 <= p.confidence <= 1.0 for p in result.predictions)
+    with pytest.raises(UsageError, match="mixed_precision=True \\(now False\\)"):
+        train(layout, TrainConfig(task="binary", runs=2, resume=True, **TINY))
 
 
 def test_saved_model_reloads_and_predicts_exactly(tmp_path):

@@ -17,7 +17,9 @@ core at 600x200, measured in bench/bench_train.py).
 Where the pixels live::
 
     decoded bytes of the crops asked for <= budget   one uint8 buffer in RAM, shared by every run of
-      (TOONVISION_CACHE_BUDGET, default 2 GiB)       this process on this pool (``crop_cache``)
+      (TOONVISION_CACHE_BUDGET, default 2 GiB,       this process on this pool (``crop_cache``)
+      and no more than the same crops as uint8
+      images at the model's input size)
     more than the budget                             img/.cache/crops/ on disk, shared by processes:
                                                      ├── pixels-<token>.u8   pixels, appended
                                                      ├── index.json          sha -> offset, size
@@ -265,15 +267,23 @@ class CropCache:
 _SHARED: dict[str, CropCache] = {}  # cache folder -> this process's in-memory cache of that pool
 
 
-def crop_cache(cache_dir: Path, paths: Sequence[str | Path], budget: int | str | None = None) -> CropCache:
+def crop_cache(
+    cache_dir: Path, paths: Sequence[str | Path], budget: int | str | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> CropCache:
     """A cache holding every crop of ``paths`` decoded, decoding only what is missing.
 
     While the crops fit ``budget`` (see :func:`cache_budget`) this is the process's in-memory
     cache of the pool whose cache folder is ``cache_dir``, reused by every later call, so each
     crop is decoded once per process however many runs train on it. Past the budget it is the
-    pool's disk cache in ``cache_dir/crops``, decoded once per pool.
+    pool's disk cache in ``cache_dir/crops``, decoded once per pool. With ``image_size`` (the
+    model's input) the budget is also capped at the uint8 size of the crops at that size: crops
+    far larger than the model's input would cost more RAM than the images the model sees, so
+    they go to disk, where the kernel's page cache holds them and can reclaim them.
     """
     budget = cache_budget(budget)
+    if image_size is not None:
+        budget = min(budget, len(paths) * int(image_size[0]) * int(image_size[1]) * 3)
     name = str(Path(cache_dir).absolute())
     memory = _SHARED.get(name)
     if memory is None or memory.nbytes + memory.missing_bytes(paths) > budget:

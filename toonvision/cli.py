@@ -188,6 +188,14 @@ ratio_option = click.option(
     "--ratio", callback=_parse_ratio, metavar="TRAIN VALIDATE [TEST]",
     help="Shares of each class per split, summing to 1 (2 numbers: no test split). [default: 0.6 0.2 0.2]",
 )
+no_group_option = click.option(
+    "--no-group", is_flag=True,
+    help="Let crops of one screenshot go to different splits (leaks near-duplicates into test).",
+)
+min_per_class_option = click.option(
+    "--min-per-class", type=click.IntRange(min=1), metavar="K",
+    help="Leave out classes with fewer than K crops (a class needs one crop per split).",
+)
 config_option = click.option(
     "--config", type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Custom tasks ([tasks.NAME] pattern = ...). [default: ./toonvision.toml if present]",
@@ -205,10 +213,8 @@ def _task(name: str, config: Path | None):
               help="binary, suit, name, animal, label, or a task of toonvision.toml.")
 @ratio_option
 @click.option("--seed", type=click.IntRange(min=0), help="Repeat a split exactly. [default: chosen and printed]")
-@click.option("--no-group", is_flag=True,
-              help="Let crops of one screenshot go to different splits (leaks near-duplicates into test).")
-@click.option("--min-per-class", type=click.IntRange(min=1), metavar="K",
-              help="Leave out classes with fewer than K crops (a class needs one crop per split).")
+@no_group_option
+@min_per_class_option
 @config_option
 @pass_context
 @_reports_errors
@@ -275,16 +281,17 @@ def _parse_image_size(ctx: click.Context, param: click.Parameter, value: str | N
               help="mobilenetv2 only: Keras' cached ImageNet weights, none (from scratch) or a weights file.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted training in models/<task>/.")
 @click.option("--overwrite", is_flag=True, help="Replace the training in models/<task>/.")
-@click.option("--no-group", is_flag=True,
-              help="Let crops of one screenshot go to different splits (leaks near-duplicates into test).")
-@click.option("--min-per-class", type=click.IntRange(min=1), metavar="K",
-              help="Leave out classes with fewer than K crops.")
+@click.option("--mixed-precision", is_flag=True,
+              help="Compute in float16 (float32 weights and head): faster on recent GPUs, slower on CPUs.")
+@no_group_option
+@min_per_class_option
 @config_option
 @pass_context
 @_reports_errors
 def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, seed: int | None,
           ratio: tuple[float, ...], image_size: tuple[int, int], batch_size: int, weights: str,
-          resume: bool, overwrite: bool, no_group: bool, min_per_class: int | None, config: Path | None) -> None:
+          resume: bool, overwrite: bool, mixed_precision: bool, no_group: bool, min_per_class: int | None,
+          config: Path | None) -> None:
     """Train over repeated re-splits of the pool; keep the run best on validation in models/<task>/."""
     _quiet_tensorflow(ctx)
     from toonvision import train as stage
@@ -294,7 +301,7 @@ def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, see
         task=task_name, model=model, runs=runs, epochs=epochs, seed=seed, ratios=ratio,
         image_size=image_size, batch_size=batch_size, group=not no_group, min_per_class=min_per_class,
         weights=None if weights.lower() == "none" else weights, task_config=find_config(config),
-        resume=resume, overwrite=overwrite, verbose=ctx.verbose,
+        resume=resume, overwrite=overwrite, verbose=ctx.verbose, mixed_precision=mixed_precision,
     )
     result = stage.train(ctx.layout, options, progress=ctx.progress)
     if not ctx.quiet:
@@ -489,10 +496,8 @@ def _parse_models(ctx: click.Context, param: click.Parameter, values: tuple[str,
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
 @click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
               help="mobilenetv2 only: Keras' cached ImageNet weights, none (from scratch) or a weights file.")
-@click.option("--no-group", is_flag=True,
-              help="Let crops of one screenshot go to different splits (leaks near-duplicates into test).")
-@click.option("--min-per-class", type=click.IntRange(min=1), metavar="K",
-              help="Leave out classes with fewer than K crops.")
+@no_group_option
+@min_per_class_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the comparison. [default: models/<task>/compare/]")
 @config_option

@@ -87,6 +87,7 @@ def build_model(
     weights: str | Path | None = None,
     seed: int | None = None,
     steps_per_epoch: int | None = None,
+    mixed_precision: bool = False,
 ) -> "keras.Model":
     """Build and compile model ``name`` for ``num_classes`` classes and (height, width) inputs.
 
@@ -94,6 +95,8 @@ def build_model(
     downloaded here), a path to a weights file, or None to start from random weights.
     ``seed`` seeds Keras' global generators, so initial weights and dropout are reproducible.
     ``steps_per_epoch`` paces the learning-rate decay of ``optimized`` per epoch.
+    ``mixed_precision`` computes in float16 with float32 weights and head (fast on GPUs with
+    tensor cores, slow on CPUs); compile then scales the loss against float16 underflow.
     """
     import keras
 
@@ -101,6 +104,20 @@ def build_model(
     _check_arguments(spec, num_classes, image_size, dropout)
     if seed is not None:
         keras.utils.set_random_seed(seed)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16" if mixed_precision else "float32")
+    try:
+        return _build(name, num_classes, image_size, dropout, weights, steps_per_epoch)
+    finally:
+        keras.config.set_dtype_policy(previous)  # the policy applies to layers built from here on only
+
+
+def _build(
+    name: str, num_classes: int, image_size: tuple[int, int], dropout: float | None,
+    weights: str | Path | None, steps_per_epoch: int | None,
+) -> "keras.Model":
+    import keras
+
     rate = dropout if dropout is not None else default_dropout(name, num_classes)
     inputs = keras.Input(shape=(*image_size, 3), name="image")
     if name == "mobilenetv2":
@@ -218,9 +235,10 @@ def _keras_cache_dirs() -> list[Path]:
 def _head(features: "keras.KerasTensor", num_classes: int) -> "keras.KerasTensor":
     from keras import layers
 
+    # float32 even under mixed precision: a float16 sigmoid/softmax saturates and its loss underflows
     if num_classes == 2:
-        return layers.Dense(1, activation="sigmoid", name="head")(features)
-    return layers.Dense(num_classes, activation="softmax", name="head")(features)
+        return layers.Dense(1, activation="sigmoid", name="head", dtype="float32")(features)
+    return layers.Dense(num_classes, activation="softmax", name="head", dtype="float32")(features)
 
 
 def _loss_and_metric(num_classes: int) -> tuple[str, "keras.metrics.Metric"]:
