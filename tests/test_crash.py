@@ -413,6 +413,19 @@ def test_rerun_evaluation_leaves_no_temp_files(tf_case):
     assert all(not temp_files(layouts[point].task_models("binary")) for point in EVALUATE_KILLS)
 
 
+def test_a_second_evaluation_into_the_same_folder_is_told_who_holds_it(tf_case):
+    from toonvision.evaluate import evaluate
+    from toonvision.fsutil import locked
+
+    _, _, evaluated, _ = tf_case
+    folder = evaluated.task_models("binary") / "evaluation"
+    before = tree(folder)
+    with locked(folder / ".lock", str(folder)):
+        with pytest.raises(PoolLockedError, match=f"another toonvision is working on {folder}, pid {os.getpid()}"):
+            evaluate(evaluated, task="binary")
+    assert tree(folder) == before
+
+
 def test_a_second_training_of_the_task_is_told_who_holds_it(tf_case, tmp_path):
     from toonvision.fsutil import locked
     from toonvision.train import TrainConfig, train

@@ -740,6 +740,16 @@ def evaluate(
         model = layout.task_models(task)
     loaded = open_model(model, classes, unsafe)
     info = loaded.info
+    out = Path(out) if out is not None else info.path.parent / ("evaluation" if split == "test" else f"evaluation_{split}")
+    with locked(out / FOLDER_LOCK, str(out)):  # a second evaluation into ``out`` is told at once
+        return _score(layout, loaded, task, split, batch_size, out, worst, plots)
+
+
+def _score(
+    layout: Layout, loaded: LoadedModel, task: str | None, split: str, batch_size: int, out: Path, worst: int,
+    plots: bool,
+) -> EvaluationResult:
+    info = loaded.info
     if info.record is not None and info.record.get("split") is not None:
         if task is not None and info.task is not None and task != info.task:
             raise UsageError(f"{info.path} was trained for task {info.task!r}, not {task!r}; leave out --task")
@@ -764,7 +774,6 @@ def evaluate(
     if info.record is not None:
         recorded_metrics = info.record.get("metrics", {}).get(split)
         recorded = dict(recorded_metrics) if isinstance(recorded_metrics, dict) else None
-    out = Path(out) if out is not None else info.path.parent / ("evaluation" if split == "test" else f"evaluation_{split}")
     result = EvaluationResult(
         info.path, task, split, source, info.classes, info.names, metrics, log_loss(y_true, probabilities),
         predictions, recorded, out,
@@ -774,7 +783,7 @@ def evaluate(
             "%s: accuracy on %s is %.4f but training recorded %.4f; the pool's crops may have changed since",
             info.path, split, metrics.accuracy, recorded["accuracy"],
         )
-    files_written = write_evaluation(result, out, worst=worst, plots=plots)
+    files_written = _write_evaluation(result, out, worst, plots)
     return dataclasses.replace(result, files=tuple(files_written))
 
 
