@@ -9,11 +9,11 @@ instead of three, and only on training batches, so a saved model is pure inferen
 
 The training pipeline goes one step further (:func:`augment_crop`): the loader's bilinear
 resize from the decoded crop to the model's input is an affine map too, so it joins the
-product, and each training image is made with one resample from the crop instead of a
-resize and then a transform. The geometry is exactly resize-then-augment (the same output
-pixel samples the same point of the crop); only the intermediate rounding through the
-resized image is skipped, which saves the resize (about 20% of the augmented pipeline's
-CPU at 600x200; see bench/README.md).
+product. The transform op costs about 7x a bilinear resize per output pixel, so it runs at
+the smaller of the crop's and the model's size (most crops are far smaller than 600x200) and
+a bilinear resize brings the result to the model's size, with the matrices chosen so that
+each output pixel samples exactly the point of the crop that resize-then-augment samples.
+Augmented training costs about as much as plain training (bench/README.md).
 
 Matrices follow TensorFlow's convention: they map an *output* pixel (x, y) to the input
 point it samples. Applying flip F, then rotation R, then zoom Z therefore samples
@@ -46,7 +46,7 @@ class AugmentSpec:
     rotation: float = 0.075
     zoom: float = 0.2
     fill_mode: str = "reflect"  # the Keras default for RandomRotation and RandomZoom
-    # The Keras default; "nearest" (torchvision's default) costs about half the CPU (bench/README.md).
+    # The Keras default, as in the original model.
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
