@@ -263,6 +263,18 @@ def _parse_image_size(ctx: click.Context, param: click.Parameter, value: str | N
     return int(parts[0]), int(parts[1])
 
 
+image_size_option = click.option(
+    "--image-size", callback=_parse_image_size, metavar="HxW", help="Input height x width in pixels. [default: 600x200]",
+)
+batch_size_option = click.option(
+    "--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
+)
+weights_option = click.option(
+    "--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
+    help="mobilenetv2 only: Keras' cached ImageNet weights, none (from scratch) or a weights file.",
+)
+
+
 @main.command(cls=MultiValueCommand)
 @click.option("--task", "task_name", required=True,
               help="binary, suit, name, animal, label, or a task of toonvision.toml.")
@@ -274,11 +286,9 @@ def _parse_image_size(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option("--seed", type=click.IntRange(min=0),
               help="Seed of run 0 (run k uses seed + k). [default: chosen and printed; --resume keeps it]")
 @ratio_option
-@click.option("--image-size", callback=_parse_image_size, metavar="HxW",
-              help="Input height x width in pixels. [default: 600x200]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
-@click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
-              help="mobilenetv2 only: Keras' cached ImageNet weights, none (from scratch) or a weights file.")
+@image_size_option
+@batch_size_option
+@weights_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted training in models/<task>/.")
 @click.option("--overwrite", is_flag=True, help="Replace the training in models/<task>/.")
 @click.option("--mixed-precision", is_flag=True,
@@ -491,11 +501,9 @@ def _parse_models(ctx: click.Context, param: click.Parameter, values: tuple[str,
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of run 0.")
 @ratio_option
-@click.option("--image-size", callback=_parse_image_size, metavar="HxW",
-              help="Input height x width in pixels. [default: 600x200]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
-@click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
-              help="mobilenetv2 only: Keras' cached ImageNet weights, none (from scratch) or a weights file.")
+@image_size_option
+@batch_size_option
+@weights_option
 @no_group_option
 @min_per_class_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
