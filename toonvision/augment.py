@@ -164,7 +164,16 @@ def apply_transforms(
     else:
         shape = tf.constant([int(v) for v in output_size], tf.int32)
         static = (images.shape[0], *(int(v) for v in output_size), images.shape[-1])
-    out = tf.raw_ops.ImageProjectiveTransformV3(
+    return tf.ensure_shape(_resample(images, transforms, shape, fill_mode, interpolation), static)
+
+
+def _resample(
+    images: "tf.Tensor", transforms: "tf.Tensor", shape: "tf.Tensor", fill_mode: str, interpolation: str
+) -> "tf.Tensor":
+    """``ImageProjectiveTransformV3`` of a float32 batch to ``shape`` (height, width; may be dynamic)."""
+    import tensorflow as tf
+
+    return tf.raw_ops.ImageProjectiveTransformV3(
         images=images,
         transforms=tf.cast(transforms, tf.float32),
         output_shape=shape,
@@ -172,7 +181,6 @@ def apply_transforms(
         interpolation=interpolation.upper(),
         fill_mode=fill_mode.upper(),
     )
-    return tf.ensure_shape(out, static)
 
 
 def augment_batch(images: "tf.Tensor", seed: "tf.Tensor", spec: AugmentSpec = DEFAULT_AUGMENT) -> "tf.Tensor":
@@ -210,14 +218,8 @@ def augment_crop(
               @ augment_matrices(flips, angles, zooms, height, width)[0]
               @ resize_matrix((height, width), mid_height, mid_width))
     images = tf.reshape(image, [1, shape[0], shape[1], 3])
-    mid = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(images, tf.float32),
-        transforms=tf.reshape(matrix, [1, 9])[:, :8],
-        output_shape=tf.stack([mid_height, mid_width]),
-        fill_value=tf.constant(0.0, tf.float32),
-        interpolation=spec.interpolation.upper(),
-        fill_mode=spec.fill_mode.upper(),
-    )
+    mid = _resample(tf.cast(images, tf.float32), tf.reshape(matrix, [1, 9])[:, :8],
+                    tf.stack([mid_height, mid_width]), spec.fill_mode, spec.interpolation)
     method = "nearest" if spec.interpolation == "nearest" else "bilinear"
     return tf.ensure_shape(tf.image.resize(mid, (height, width), method=method)[0], (height, width, 3))
 
