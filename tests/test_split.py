@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import math
@@ -473,3 +474,153 @@ def test_cli_split_options(make_pool, args: list[str], code: int, message: str) 
     assert result.exit_code == code, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+# --- recorded plans: refactoring the planner must not change a single assignment ----------------
+
+
+def _scene_pool(n_shots: int, weights: dict[str, int], seed: int, most: int, copies: int = 0) -> list[CropRecord]:
+    """Screenshots of 1..most crops drawn with ``weights``; with ``copies``, every ``copies``-th
+    screenshot shares its content hash with another (the same scene saved twice)."""
+    rng = random.Random(seed)
+    labels, w = list(weights), list(weights.values())
+    out = []
+    for s in range(n_shots):
+        sha = f"sha{s % (n_shots - n_shots // copies)}" if copies else f"sha{s}"
+        for _ in range(rng.randint(1, most)):
+            label = rng.choices(labels, w)[0]
+            n = len(out)
+            out.append(CropRecord(f"{label.split('_')[0]}/{label}_{n}.png", label, label.split("_")[0], n,
+                                  f"shot{s}.png", 0, 0, 10, 10, 10, 10, sha, f"c{n}"))
+    return out
+
+
+_SIX = {"cog_bb_a": 1, "cog_lb_b": 1, "cog_cb_c": 1, "cog_sb_d": 1, "toon_cat": 1, "toon_dog": 1}
+_SKEWED = {"cog_bb_a": 60, "cog_lb_b": 15, "cog_cb_c": 6, "cog_sb_d": 2, "toon_cat": 30, "toon_horse": 1}
+_RARE = [("cog_bb_a", f"s{i}") for i in range(60)] + [("cog_lb_rare", f"s{i}") for i in (0, 1, 2)]
+_RARE += [("cog_lb_rare", "s0")] * 4
+_RECORDED_POOLS = {  # name: (records, task, ratios, seeds, min_per_class)
+    "scenes-label": (lambda: _scene_pool(300, _SIX, 0, 6), "label", (0.6, 0.2, 0.2), (0, 1, 2), None),
+    "scenes-suit-copies": (lambda: _scene_pool(250, _SIX, 1, 6, copies=5), "suit", (0.6, 0.2, 0.2), (3, 4), None),
+    "skewed-label": (lambda: _scene_pool(400, _SKEWED, 2, 8), "label", (0.6, 0.2, 0.2), (0, 9), None),
+    "skewed-min-per-class": (lambda: _scene_pool(120, _SKEWED, 3, 4), "label", (0.6, 0.2, 0.2), (5, 6), 12),
+    "two-ratios": (lambda: _scene_pool(150, _SIX, 4, 5), "binary", (0.7, 0.3), (0, 1), None),
+    "uneven-ratios": (lambda: _scene_pool(200, _SKEWED, 5, 6), "suit", (0.8, 0.1, 0.1), (2, 8), 4),
+    "thirds": (lambda: _scene_pool(90, _SIX, 6, 3), "animal", (0.34, 0.33, 0.33), (1,), None),
+    "rare-class": (lambda: records(_RARE), "label", (0.6, 0.2, 0.2), (3, 4, 5), None),
+    "one-per-source": (lambda: one_per_source({f"c{n:02d}": n for n in range(3, 30)}), "label", (0.6, 0.2, 0.2),
+                       (5,), None),
+    "large": (lambda: _scene_pool(3000, _SKEWED, 7, 6), "label", (0.6, 0.2, 0.2), (0, 1), 3),
+    # few crowded screenshots: the improvement passes and the every-class-everywhere moves have work to do
+    "crowded-six": (lambda: _scene_pool(30, _SIX, 1, 20), "label", (0.6, 0.2, 0.2), (1, 2), None),
+    "crowded-skewed": (lambda: _scene_pool(30, _SKEWED, 0, 20), "label", (0.6, 0.2, 0.2), (2,), 3),
+    "crowded-ensure": (lambda: _scene_pool(40, _SKEWED, 3, 15), "label", (0.6, 0.2, 0.2), (0, 1, 2), 3),
+    "crowded-ensure-suit": (lambda: _scene_pool(60, _SKEWED, 0, 12), "suit", (0.6, 0.2, 0.2), (0, 2), None),
+}
+_RECORDED_DIGESTS = {  # recorded from the closure-based planner before it became _GroupAssigner
+    "tangled/17": "f7eb4c6408611239",
+    "tangled/25": "2dc3fdae73a410e5",
+    "tangled/27": "59f4d0413bdd37d0",
+    "tangled/29": "eb5b3c8ae8c272f4",
+    "tangled/35": "bfa14ca59fe9d2a4",
+    "tangled/74": "18510456c2285c1c",
+    "tangled/81": "2dbe91a5efb3c9b2",
+    "tangled/103": "b6c551802d063a50",
+    "tangled/116": "0fab620527f2753f",
+    "tangled/141": "1adb99cd28d4756a",
+    "tangled/65": "class b cannot have a crop in every split",
+    "tangled/88": "class c cannot have a crop in every split",
+    "tangled/109": "class a cannot have a crop in every split",
+    "scenes-label/0/grouped": "91026745c4e3a63d",
+    "scenes-label/0/ungrouped": "3a368bebc14a12c0",
+    "scenes-label/1/grouped": "305f6b1f82364625",
+    "scenes-label/1/ungrouped": "fdb79486c7e5e2ac",
+    "scenes-label/2/grouped": "daae381d00bd82ea",
+    "scenes-label/2/ungrouped": "b0877b2918d9c6e2",
+    "scenes-suit-copies/3/grouped": "ff0b435cf85b991b",
+    "scenes-suit-copies/3/ungrouped": "897c6e5beb2bdfcf",
+    "scenes-suit-copies/4/grouped": "4e3ae659a430f72d",
+    "scenes-suit-copies/4/ungrouped": "be3f5f06c3789910",
+    "skewed-label/0/grouped": "40a2457670d080b9",
+    "skewed-label/0/ungrouped": "15e74c9e20af8233",
+    "skewed-label/9/grouped": "f8100654656cf176",
+    "skewed-label/9/ungrouped": "fe677d74f2a2f5f2",
+    "skewed-min-per-class/5/grouped": "94d768dc9dd6b51a",
+    "skewed-min-per-class/5/ungrouped": "0976520d8cd38f5d",
+    "skewed-min-per-class/6/grouped": "8c6192ec155f8a67",
+    "skewed-min-per-class/6/ungrouped": "411791c0117e37c8",
+    "two-ratios/0/grouped": "7e77b0a1b434d4cc",
+    "two-ratios/0/ungrouped": "4ee957dd5c19b69f",
+    "two-ratios/1/grouped": "82449d2db093238e",
+    "two-ratios/1/ungrouped": "c8c2a65be42c12d2",
+    "uneven-ratios/2/grouped": "32c09715d1818d62",
+    "uneven-ratios/2/ungrouped": "c7c531bede1a4136",
+    "uneven-ratios/8/grouped": "85541e4f332bfa40",
+    "uneven-ratios/8/ungrouped": "e766a74722a153fb",
+    "thirds/1/grouped": "f5c2d738941be488",
+    "thirds/1/ungrouped": "f7f4b82ad4e15402",
+    "rare-class/3/grouped": "051eaff78b4418e0",
+    "rare-class/3/ungrouped": "252796c18e8809e0",
+    "rare-class/4/grouped": "3e714201299f4f91",
+    "rare-class/4/ungrouped": "fa2d2f1eeb121fb8",
+    "rare-class/5/grouped": "0104de193c0b39ba",
+    "rare-class/5/ungrouped": "e44680fd06aa8411",
+    "one-per-source/5/grouped": "0896d94cdab6fa6e",
+    "one-per-source/5/ungrouped": "a843eaa77a6b6d5b",
+    "large/0/grouped": "48cfe7d66e749770",
+    "large/0/ungrouped": "ed3580ae5115bd58",
+    "large/1/grouped": "674ff212aa2e5eb7",
+    "large/1/ungrouped": "989933497121530a",
+    "crowded-six/1/grouped": "9ae0b1dab24e9718",
+    "crowded-six/1/ungrouped": "8660f099625133bb",
+    "crowded-six/2/grouped": "8cca7a4b5eccde53",
+    "crowded-six/2/ungrouped": "84790fa6fcd23dbe",
+    "crowded-skewed/2/grouped": "c963023155b284c1",
+    "crowded-skewed/2/ungrouped": "d267bf07e380a294",
+    "crowded-ensure/0/grouped": "a749c36de9228e3e",
+    "crowded-ensure/0/ungrouped": "7be8a8cd5fe417c3",
+    "crowded-ensure/1/grouped": "2794ee17a7a6f656",
+    "crowded-ensure/1/ungrouped": "821f4cad643f9188",
+    "crowded-ensure/2/grouped": "ab0ebe4dc6a7ad6d",
+    "crowded-ensure/2/ungrouped": "8adde4d2c22283de",
+    "crowded-ensure-suit/0/grouped": "7ead595dff632b4a",
+    "crowded-ensure-suit/0/ungrouped": "a15b4c976f9e7ed8",
+    "crowded-ensure-suit/2/grouped": "ec2ba21be8be4379",
+    "crowded-ensure-suit/2/ungrouped": "9d25638cb728b2cc",
+}
+
+
+def _plan_digest(plan: SplitPlan) -> str:
+    text = json.dumps([plan.classes, plan.excluded, [(a.crop, a.cls, a.split) for a in plan.assignments]])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _tangled_pool(seed: int) -> list[CropRecord]:
+    """3 to 7 screenshots each holding 1..3 of the labels a-d: some cannot be split whole."""
+    rng = random.Random(seed)
+    spec = []
+    for s in range(rng.randint(3, 7)):
+        for label in rng.sample("abcd", rng.randint(1, 3)):
+            spec += [(label, f"s{s}")] * rng.randint(1, 3)
+    return records(spec)
+
+
+def _recorded_plans() -> dict[str, str]:
+    out = {}
+    for pool_seed in (17, 25, 27, 29, 35, 74, 81, 103, 116, 141, 65, 88, 109):  # the last 3: a class cannot split
+        try:
+            plan = plan_split(_tangled_pool(pool_seed), LABEL, (0.6, 0.2, 0.2), pool_seed % 5)
+            out[f"tangled/{pool_seed}"] = _plan_digest(plan)
+        except SplitError as exc:
+            out[f"tangled/{pool_seed}"] = str(exc)[:41]  # "class b cannot have a crop in every split"
+    for name, (make, task, ratios, seeds, min_per_class) in _RECORDED_POOLS.items():
+        recs = make()
+        for seed in seeds:
+            for group in (True, False):
+                plan = plan_split(recs, get_task(task), ratios, seed, group=group, min_per_class=min_per_class)
+                out[f"{name}/{seed}/{'grouped' if group else 'ungrouped'}"] = _plan_digest(plan)
+    return out
+
+
+def test_plans_are_the_recorded_ones() -> None:
+    assert _recorded_plans() == _RECORDED_DIGESTS
