@@ -384,105 +384,144 @@ def _assign_per_class(
 def _assign_groups(
     by_class: Mapping[str, list[CropRecord]], classes: Sequence[str], ratios: Sequence[float], seed: int
 ) -> dict[str, int]:
-    """Grouped: whole screenshots go to one split, as close to each class's counts as groups allow.
+    """Grouped: whole screenshots go to one split, as close to each class's counts as groups allow."""
+    groups = _GroupAssigner(by_class, classes, ratios, seed)
+    groups.place()
+    groups.reach_every_split()
+    passes = groups.improve()
+    logger.debug("grouped split: %d groups, %d improvement passes", len(groups.members), passes)
+    return groups.split_of_crops()
 
-    Cost: the sum over classes and splits of (count - target)^2 / class size. Groups are placed
-    largest first (seeded order among equal sizes) where they raise the cost least; then any
-    class missing from a split gets a group moved there; then single-group moves that lower
-    the cost are made until none is left. A move never empties a class out of a split.
+
+class _GroupAssigner:
+    """The groups (source screenshots) of one task and the split each is in, improved in phases.
+
+    Cost: the sum over classes and splits of (count - target)^2 / class size. :meth:`place` puts
+    the groups largest first (seeded order among equal sizes) where they raise the cost least;
+    :meth:`reach_every_split` moves a group into any split a class is missing from; :meth:`improve`
+    makes single-group moves that lower the cost until none is left. A move never empties a class
+    out of a split. Classes and splits are indices here (``classes[c]``, ``SPLITS[s]``).
     """
-    n_splits = len(ratios)
-    group_of: dict[str, int] = {}
-    members: list[list[str]] = []
-    contents: list[dict[int, int]] = []
-    for c, cls in enumerate(classes):  # canonical order: class, then crop path
-        for r in by_class[cls]:
-            key = _group_key(r)
-            g = group_of.get(key)
-            if g is None:
-                g = group_of[key] = len(members)
-                members.append([])
-                contents.append({})
-            members[g].append(r.crop)
-            counts = contents[g]
-            counts[c] = counts.get(c, 0) + 1
 
-    sizes = [len(by_class[cls]) for cls in classes]
-    weight = [1.0 / n for n in sizes]
-    # dev[c][s] = count - target. Adding v crops of class c to split s changes the cost by
-    # weight * v * (2 * dev + v): each group keeps its (c, v, 2 * weight * v) terms and a constant.
-    target = [_quota(n, ratios, _class_rng(seed, cls)) for n, cls in zip(sizes, classes)]
-    dev = [[-t for t in row] for row in target]
-    terms = [tuple((c, v, 2.0 * weight[c] * v) for c, v in sorted(counts.items())) for counts in contents]
-    square = [sum(weight[c] * v * v for c, v in counts.items()) for counts in contents]
-    split = [-1] * len(members)
+    def __init__(
+        self, by_class: Mapping[str, list[CropRecord]], classes: Sequence[str], ratios: Sequence[float], seed: int
+    ) -> None:
+        self.classes = classes
+        self.n_splits = len(ratios)
+        group_of: dict[str, int] = {}
+        self.members: list[list[str]] = []  # crops of each group
+        contents: list[dict[int, int]] = []  # crops per class of each group
+        for c, cls in enumerate(classes):  # canonical order: class, then crop path
+            for r in by_class[cls]:
+                key = _group_key(r)
+                g = group_of.get(key)
+                if g is None:
+                    g = group_of[key] = len(self.members)
+                    self.members.append([])
+                    contents.append({})
+                self.members[g].append(r.crop)
+                counts = contents[g]
+                counts[c] = counts.get(c, 0) + 1
+        self.groups_of_class: list[list[int]] = [[] for _ in classes]
+        for g, counts in enumerate(contents):
+            for c in counts:
+                self.groups_of_class[c].append(g)
 
-    def move(g: int, s: int) -> None:
-        old = split[g]
-        for c, v, _ in terms[g]:
+        sizes = [len(by_class[cls]) for cls in classes]
+        weight = [1.0 / n for n in sizes]
+        # dev[c][s] = count - target. Adding v crops of class c to split s changes the cost by
+        # weight * v * (2 * dev + v): each group keeps its (c, v, 2 * weight * v) terms and a constant.
+        self.target = [_quota(n, ratios, _class_rng(seed, cls)) for n, cls in zip(sizes, classes, strict=True)]
+        self.dev = [[-t for t in row] for row in self.target]
+        self.terms = [tuple((c, v, 2.0 * weight[c] * v) for c, v in sorted(counts.items())) for counts in contents]
+        self.square = [sum(weight[c] * v * v for c, v in counts.items()) for counts in contents]
+        self.split_of: list[int] = [-1] * len(self.members)  # split of each group; -1 until placed
+        self.order = list(range(len(self.members)))
+        random.Random(f"{seed}/groups").shuffle(self.order)
+        self.order.sort(key=lambda g: -len(self.members[g]))  # stable: equal sizes keep the seeded order
+
+    def move(self, g: int, s: int) -> None:
+        """Put group ``g`` into split ``s``, taking it out of the one it was in."""
+        old = self.split_of[g]
+        dev = self.dev
+        for c, v, _ in self.terms[g]:
             if old >= 0:
                 dev[c][old] -= v
             dev[c][s] += v
-        split[g] = s
+        self.split_of[g] = s
 
-    def gain(g: int, s: int) -> float:
+    def gain(self, g: int, s: int) -> float:
         """Cost of adding group ``g`` to split ``s``, less its constant part."""
+        dev = self.dev
         total = 0.0
-        for c, _, a in terms[g]:
+        for c, _, a in self.terms[g]:
             total += a * dev[c][s]
         return total
 
-    def keeps_classes(g: int) -> bool:
+    def keeps_classes(self, g: int) -> bool:
         """Moving ``g`` out of its split leaves each of its classes still present there."""
-        s = split[g]
-        return all(dev[c][s] + target[c][s] > v for c, v, _ in terms[g])
+        s = self.split_of[g]
+        return all(self.dev[c][s] + self.target[c][s] > v for c, v, _ in self.terms[g])
 
-    order = list(range(len(members)))
-    random.Random(f"{seed}/groups").shuffle(order)
-    order.sort(key=lambda g: -len(members[g]))  # stable: equal sizes keep the seeded order
-    for g in order:
-        best_s, best = 0, math.inf
-        for s in range(n_splits):
-            cost = gain(g, s)
-            if cost < best:
-                best_s, best = s, cost
-        move(g, best_s)
+    def place(self) -> None:
+        """Phase 1: each group, largest first, into the split where it raises the cost least."""
+        for g in self.order:
+            best_s, best = 0, math.inf
+            for s in range(self.n_splits):
+                cost = self.gain(g, s)
+                if cost < best:
+                    best_s, best = s, cost
+            self.move(g, best_s)
 
-    groups_of_class: list[list[int]] = [[] for _ in classes]
-    for g, counts in enumerate(contents):
-        for c in counts:
-            groups_of_class[c].append(g)
-    for c in sorted(range(len(classes)), key=lambda c: len(groups_of_class[c])):
-        for s in range(n_splits):
-            if dev[c][s] + target[c][s]:
-                continue
-            movable = [g for g in groups_of_class[c] if split[g] != s and keeps_classes(g)]
-            if not movable:
-                raise SplitError(
-                    f"class {classes[c]} cannot have a crop in every split without dividing screenshots "
-                    "that hold other classes too; label more screenshots or pass --no-group"
-                )
-            move(min(movable, key=lambda g: (2.0 * square[g] + gain(g, s) - gain(g, split[g]), g)), s)
+    def reach_every_split(self) -> None:
+        """Phase 2: for each class missing from a split (classes in fewest groups first), move there
+        the group that costs least to move and leaves its own split every class it has."""
+        for c in sorted(range(len(self.classes)), key=lambda c: len(self.groups_of_class[c])):
+            for s in range(self.n_splits):
+                if self.dev[c][s] + self.target[c][s]:
+                    continue
+                movable = [g for g in self.groups_of_class[c] if self.split_of[g] != s and self.keeps_classes(g)]
+                if not movable:
+                    raise SplitError(
+                        f"class {self.classes[c]} cannot have a crop in every split without dividing screenshots "
+                        "that hold other classes too; label more screenshots or pass --no-group"
+                    )
+                self.move(min(movable, key=lambda g: (self.move_cost(g, s), g)), s)
 
-    for passes in range(1, MAX_IMPROVEMENT_PASSES + 1):
+    def move_cost(self, g: int, s: int) -> float:
+        """How much moving group ``g`` from its split to ``s`` changes the cost."""
+        return 2.0 * self.square[g] + self.gain(g, s) - self.gain(g, self.split_of[g])
+
+    def improve(self) -> int:
+        """Phase 3: passes of single-group moves that lower the cost, until one moves nothing
+        (at most MAX_IMPROVEMENT_PASSES); returns the number of passes."""
+        passes, moved = 0, True
+        while moved and passes < MAX_IMPROVEMENT_PASSES:
+            moved = self.improve_once()
+            passes += 1
+        return passes
+
+    def improve_once(self) -> bool:
+        """One pass over the groups (placing order), moving each where it lowers the cost most."""
         moved = False
-        for g in order:
-            here = split[g]
+        for g in self.order:
+            here = self.split_of[g]
             # moving g from here to s changes the cost by 2 * square + gain(g, s) - gain(g, here)
-            threshold = gain(g, here) - 2.0 * square[g] - 1e-12
+            threshold = self.gain(g, here) - 2.0 * self.square[g] - 1e-12
             best_s, best = here, threshold
-            for s in range(n_splits):
+            for s in range(self.n_splits):
                 if s != here:
-                    cost = gain(g, s)
+                    cost = self.gain(g, s)
                     if cost < best:
                         best_s, best = s, cost
-            if best_s != here and keeps_classes(g):
-                move(g, best_s)
+            if best_s != here and self.keeps_classes(g):
+                self.move(g, best_s)
                 moved = True
-        if not moved:
-            break
-    logger.debug("grouped split: %d groups, %d improvement passes", len(members), passes)
-    return {crop: split[g] for g in range(len(members)) for crop in members[g]}
+        return moved
+
+    def split_of_crops(self) -> dict[str, int]:
+        """The split index of every crop."""
+        return {crop: self.split_of[g] for g in range(len(self.members)) for crop in self.members[g]}
 
 
 # --- reading the pool ----------------------------------------------------------------------------
