@@ -180,3 +180,18 @@ def test_bad_arguments_are_usage_errors(name, classes, size, message):
 
 def test_model_names():
     assert MODEL_NAMES == ("baseline", "optimized", "mobilenetv2")
+
+
+@pytest.mark.parametrize(
+    "name, classes, size, params, dropout",
+    [("baseline", 2, (600, 200), 25_537, None), ("optimized", 2, (600, 200), 25_537, 0.9),
+     ("optimized", 4, (64, 64), 14_852, 0.5), ("mobilenetv2", 3, (64, 48), 2_304_195, 0.5)],
+)
+def test_the_registry_builds_the_same_models_as_before(name, classes, size, params, dropout):
+    model = build_model(name, classes, size, weights=None, seed=0)
+    assert model.count_params() == params
+    rates = [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    assert rates == ([] if dropout is None else [dropout])
+    assert model.layers[-2].name == ("dropout" if dropout is not None else "flatten")
+    decays = isinstance(getattr(model.optimizer, "_learning_rate", None), keras.optimizers.schedules.ExponentialDecay)
+    assert decays == get_model_spec(name).lr_decay == (name == "optimized")

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,22 +38,69 @@ MOBILENET_ALPHA = 1.0
 _MOBILENET_SQUARE_SIZES = (96, 128, 160, 192, 224)
 
 
+FeatureBuilder = Callable[["keras.KerasTensor", tuple[int, int], "str | Path | None"], "keras.KerasTensor"]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a model name means to the rest of the pipeline."""
+    """What a model name means to the rest of the pipeline, and how it is built."""
 
     name: str
     augment: bool  # whether training feeds it augmented batches (see toonvision.augment)
-    uses_weights: bool  # whether --weights applies
+    uses_weights: bool  # whether --weights applies (the builder receives them; the others ignore them)
     description: str
+    features: FeatureBuilder = field(repr=False)  # inputs, (height, width), weights -> features before the head
+    min_size: int = BASELINE_MIN_SIZE  # smallest input side, in pixels
+    dropout_binary: float | None = None  # default dropout rate before the head, 2 classes
+    dropout_multiclass: float | None = None  # the same for 3 or more classes
+    lr_decay: bool = False  # exponential learning-rate decay per epoch instead of a constant rate
+
+
+def _baseline_features(inputs: keras.KerasTensor, image_size: tuple[int, int],
+                       weights: str | Path | None) -> keras.KerasTensor:
+    """The original ToonVision convolutions (size and weights do not apply)."""
+    from keras import layers
+
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    x = layers.MaxPooling2D(2, name="pool_0")(x)
+    for index, filters in enumerate((16, 32, 32), start=1):
+        x = layers.Conv2D(filters, 3, activation="relu", name=f"conv_{index}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool_{index}")(x)
+    return layers.Flatten(name="flatten")(x)
+
+
+def _mobilenet_features(inputs: keras.KerasTensor, image_size: tuple[int, int],
+                        weights: str | Path | None) -> keras.KerasTensor:
+    """A frozen MobileNetV2 base (weights from Keras' cache or a file) and a small dense layer."""
+    import keras
+    from keras import layers
+
+    base = keras.applications.MobileNetV2(
+        input_shape=(*image_size, 3),
+        alpha=MOBILENET_ALPHA,
+        include_top=False,
+        weights=resolve_mobilenet_weights(weights, image_size),
+    )
+    base.trainable = False
+    # mobilenet_v2.preprocess_input maps 0..255 to -1..1.
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(inputs)
+    x = base(x, training=False)  # keep the frozen BatchNorm statistics in inference mode
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.BatchNormalization(name="batch_norm")(x)
+    return layers.Dense(32, activation="relu", name="dense")(x)
 
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("baseline", False, False, "the original ToonVision network"),
-        ModelSpec("optimized", True, False, "baseline + augmentation, dropout and learning-rate decay"),
-        ModelSpec("mobilenetv2", False, True, "frozen MobileNetV2 base + small trainable head"),
+        ModelSpec("baseline", False, False, "the original ToonVision network", _baseline_features),
+        # 0.9 is the original binary setting. A softmax over 4+ classes has to separate every pair
+        # of classes from the same 11k flattened features, with fewer crops per class; dropping 90%
+        # of them starves it, so multiclass heads keep half.
+        ModelSpec("optimized", True, False, "baseline + augmentation, dropout and learning-rate decay",
+                  _baseline_features, dropout_binary=0.9, dropout_multiclass=0.5, lr_decay=True),
+        ModelSpec("mobilenetv2", False, True, "frozen MobileNetV2 base + small trainable head",
+                  _mobilenet_features, min_size=MOBILENET_MIN_SIZE, dropout_binary=0.5, dropout_multiclass=0.5),
     )
 }
 MODEL_NAMES = tuple(MODELS)
@@ -68,14 +116,8 @@ def get_model_spec(name: str) -> ModelSpec:
 
 def default_dropout(name: str, num_classes: int) -> float | None:
     """Dropout rate before the head when the caller does not choose one."""
-    if name == "optimized":
-        # 0.9 is the original binary setting. A softmax over 4+ classes has to separate
-        # every pair of classes from the same 11k flattened features, with fewer crops per
-        # class; dropping 90% of them starves it, so multiclass heads keep half.
-        return 0.9 if num_classes == 2 else 0.5
-    if name == "mobilenetv2":
-        return 0.5
-    return None
+    spec = get_model_spec(name)
+    return spec.dropout_binary if num_classes == 2 else spec.dropout_multiclass
 
 
 def build_model(
@@ -88,7 +130,7 @@ def build_model(
     seed: int | None = None,
     steps_per_epoch: int | None = None,
     mixed_precision: bool = False,
-) -> "keras.Model":
+) -> keras.Model:
     """Build and compile model ``name`` for ``num_classes`` classes and (height, width) inputs.
 
     ``weights`` applies to ``mobilenetv2`` only: "imagenet" (from Keras' local cache, never
@@ -107,29 +149,26 @@ def build_model(
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16" if mixed_precision else "float32")
     try:
-        return _build(name, num_classes, image_size, dropout, weights, steps_per_epoch)
+        return _build(spec, num_classes, image_size, dropout, weights, steps_per_epoch)
     finally:
         keras.config.set_dtype_policy(previous)  # the policy applies to layers built from here on only
 
 
 def _build(
-    name: str, num_classes: int, image_size: tuple[int, int], dropout: float | None,
+    spec: ModelSpec, num_classes: int, image_size: tuple[int, int], dropout: float | None,
     weights: str | Path | None, steps_per_epoch: int | None,
-) -> "keras.Model":
+) -> keras.Model:
     import keras
 
-    rate = dropout if dropout is not None else default_dropout(name, num_classes)
+    rate = dropout if dropout is not None else default_dropout(spec.name, num_classes)
     inputs = keras.Input(shape=(*image_size, 3), name="image")
-    if name == "mobilenetv2":
-        features = _mobilenet_features(inputs, image_size, weights, rate)
-    else:
-        features = _baseline_features(inputs)
-        if rate is not None:
-            features = keras.layers.Dropout(rate, name="dropout")(features)
+    features = spec.features(inputs, image_size, weights)
+    if rate is not None:
+        features = keras.layers.Dropout(rate, name="dropout")(features)
     outputs = _head(features, num_classes)
-    model = keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=spec.name)
     loss, metric = _loss_and_metric(num_classes)
-    model.compile(optimizer=_optimizer(name, steps_per_epoch), loss=loss, metrics=[metric])
+    model.compile(optimizer=_optimizer(spec, steps_per_epoch), loss=loss, metrics=[metric])
     return model
 
 
@@ -140,7 +179,7 @@ def _check_arguments(
         raise UsageError(f"a classifier needs at least 2 classes, got {num_classes}")
     if len(image_size) != 2 or min(image_size) < 1:
         raise UsageError(f"image size must be (height, width) in pixels, got {image_size}")
-    minimum = MOBILENET_MIN_SIZE if spec.name == "mobilenetv2" else BASELINE_MIN_SIZE
+    minimum = spec.min_size
     if min(image_size) < minimum:
         raise UsageError(
             f"model {spec.name} needs images of at least {minimum}x{minimum} pixels, "
@@ -148,39 +187,6 @@ def _check_arguments(
         )
     if dropout is not None and not 0.0 <= dropout < 1.0:
         raise UsageError(f"dropout must be in [0, 1), got {dropout}")
-
-
-def _baseline_features(inputs: "keras.KerasTensor") -> "keras.KerasTensor":
-    from keras import layers
-
-    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
-    x = layers.MaxPooling2D(2, name="pool_0")(x)
-    for index, filters in enumerate((16, 32, 32), start=1):
-        x = layers.Conv2D(filters, 3, activation="relu", name=f"conv_{index}")(x)
-        x = layers.MaxPooling2D(2, name=f"pool_{index}")(x)
-    return layers.Flatten(name="flatten")(x)
-
-
-def _mobilenet_features(
-    inputs: "keras.KerasTensor", image_size: tuple[int, int], weights: str | Path | None, rate: float | None
-) -> "keras.KerasTensor":
-    import keras
-    from keras import layers
-
-    base = keras.applications.MobileNetV2(
-        input_shape=(*image_size, 3),
-        alpha=MOBILENET_ALPHA,
-        include_top=False,
-        weights=resolve_mobilenet_weights(weights, image_size),
-    )
-    base.trainable = False
-    # mobilenet_v2.preprocess_input maps 0..255 to -1..1.
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(inputs)
-    x = base(x, training=False)  # keep the frozen BatchNorm statistics in inference mode
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
-    x = layers.BatchNormalization(name="batch_norm")(x)
-    x = layers.Dense(32, activation="relu", name="dense")(x)
-    return layers.Dropout(rate if rate is not None else 0.5, name="dropout")(x)
 
 
 def resolve_mobilenet_weights(weights: str | Path | None, image_size: tuple[int, int]) -> str | None:
@@ -232,7 +238,7 @@ def _keras_cache_dirs() -> list[Path]:
     return [home, Path("/tmp/.keras")]
 
 
-def _head(features: "keras.KerasTensor", num_classes: int) -> "keras.KerasTensor":
+def _head(features: keras.KerasTensor, num_classes: int) -> keras.KerasTensor:
     from keras import layers
 
     # float32 even under mixed precision: a float16 sigmoid/softmax saturates and its loss underflows
@@ -241,7 +247,7 @@ def _head(features: "keras.KerasTensor", num_classes: int) -> "keras.KerasTensor
     return layers.Dense(num_classes, activation="softmax", name="head", dtype="float32")(features)
 
 
-def _loss_and_metric(num_classes: int) -> tuple[str, "keras.metrics.Metric"]:
+def _loss_and_metric(num_classes: int) -> tuple[str, keras.metrics.Metric]:
     import keras
 
     if num_classes == 2:
@@ -249,10 +255,10 @@ def _loss_and_metric(num_classes: int) -> tuple[str, "keras.metrics.Metric"]:
     return "sparse_categorical_crossentropy", keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
 
-def _optimizer(name: str, steps_per_epoch: int | None) -> "keras.optimizers.Optimizer":
+def _optimizer(spec: ModelSpec, steps_per_epoch: int | None) -> keras.optimizers.Optimizer:
     import keras
 
-    if name == "optimized":
+    if spec.lr_decay:
         schedule = keras.optimizers.schedules.ExponentialDecay(
             initial_learning_rate=LEARNING_RATE,
             decay_steps=steps_per_epoch or DEFAULT_DECAY_STEPS,
