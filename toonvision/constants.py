@@ -1,11 +1,41 @@
-"""Defaults and limits, in one place."""
+"""Defaults and limits shared by the library and the CLI, and the image-size type ``HW``.
+
+Artifact names and folders (``best.keras``, ``evaluation/``, ``img/reports/``) live in
+``toonvision.layout``; the defaults of one stage only stay in that stage's module.
+"""
 
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
+
+
+class HW(NamedTuple):
+    """An image size in pixels, height first as Keras has it; unpacks as ``height, width = size``."""
+
+    height: int
+    width: int
+
+    def as_text(self) -> str:
+        """``HEIGHTxWIDTH``, as the CLI takes it: ``600x200``."""
+        return f"{self.height}x{self.width}"
+
+
+_HW_PATTERN = re.compile(r"\s*(\d+)\s*[x\u00d7]\s*(\d+)\s*", re.ASCII | re.IGNORECASE)
+
+
+def parse_hw(text: str) -> HW:
+    """``"600x200"`` (or ``600×200``) -> ``HW(height=600, width=200)``; ValueError naming the form otherwise."""
+    match = _HW_PATTERN.fullmatch(text)
+    if match is None or min(int(match[1]), int(match[2])) < 1:
+        raise ValueError(f"expected HEIGHTxWIDTH in pixels, e.g. {DEFAULT_IMAGE_SIZE.as_text()}; got {text!r}")
+    return HW(int(match[1]), int(match[2]))
+
 
 # Files
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+PIL_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")  # screenshots, predict
+IMAGE_SUFFIXES = PIL_IMAGE_SUFFIXES  # the old name, until its users say PIL_IMAGE_SUFFIXES
+KERAS_IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # what image_dataset_from_directory reads
 XML_SUFFIX = ".xml"
 MAX_XML_BYTES = 5 * 1024 * 1024
 MAX_IMAGE_PIXELS = 50_000_000  # well above any screenshot, far below a decompression bomb
@@ -24,10 +54,28 @@ MANIFEST_COMMIT_EVERY = 500  # crops per manifest commit during extraction
 
 # Splitting and training
 DEFAULT_RATIOS = (0.6, 0.2, 0.2)
-DEFAULT_IMAGE_SIZE = (600, 200)  # height, width: entities are tall
+DEFAULT_IMAGE_SIZE = HW(600, 200)  # entities are tall
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_EPOCHS = 25
 DEFAULT_RUNS = 1
+DEFAULT_MODEL = "baseline"
+DEFAULT_WEIGHTS = "imagenet"  # mobilenetv2's base: Keras' cached ImageNet weights
+
+# Comparing models (toonvision.compare)
+DEFAULT_COMPARE_MODELS = ("baseline", "optimized")
+DEFAULT_COMPARE_RUNS = 5
+DEFAULT_COMPARE_SEED = 0
+
+# Evaluating and predicting
+DEFAULT_EVALUATION_SPLIT = "test"
+DEFAULT_WORST = 16  # most confident mistakes in worst_predictions.png
+PREDICTION_FORMATS = ("table", "csv", "json")
+
+# Synthetic screenshots (toonvision.synth)
+DEFAULT_SYNTH_COUNT = 100
+DEFAULT_SYNTH_SEED = 0
+DEFAULT_SYNTH_SIZE = HW(600, 800)  # the original screenshots' size
+DEFAULT_TOON_SHARE = 148 / 674  # the original dataset: 526 Cogs and 148 Toons
 
 # Decoded-crop cache (toonvision.cache)
 DEFAULT_CACHE_BUDGET = 2 * 1024**3  # bytes of decoded uint8 pixels kept in RAM; past it, img/.cache on disk

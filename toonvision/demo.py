@@ -5,7 +5,7 @@
     ├── img/raw/screenshots/         synthetic street scenes + labelImg XML
     ├── img/unsorted/                the crop pool
     ├── img/data/<task>/             the split of each task's chosen run
-    ├── img/reports/                 balance-report tables and figures
+    ├── img/reports/pool/            balance-report tables and figures
     └── models/<task>/               best.keras, best.json, runs.csv, plots, evaluation/
 
 Re-running reuses what is already there (synth and extract add nothing new) and retrains.
@@ -13,31 +13,35 @@ Re-running reuses what is already there (synth and extract add nothing new) and 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from toonvision.constants import DEFAULT_RATIOS
+from toonvision.constants import DEFAULT_IMAGE_SIZE, DEFAULT_MODEL, DEFAULT_RATIOS, HW
 from toonvision.errors import UsageError
 from toonvision.layout import Layout
 
 MARKER = ".toonvision-demo"
+MIN_SCREENSHOTS = 20  # fewer may leave a suit out
 
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """What the demo makes and trains; the CLI's defaults are these."""
+
     root: Path = Path("toonvision-demo")
     screenshots: int = 150
     seed: int = 0
     runs: int = 2
     epochs: int = 4
     tasks: tuple[str, ...] = ("binary", "suit")
-    model: str = "baseline"
-    image_size: tuple[int, int] = (600, 200)
+    model: str = DEFAULT_MODEL
+    image_size: HW = DEFAULT_IMAGE_SIZE
 
     def __post_init__(self) -> None:
-        if self.screenshots < 20:
-            raise UsageError(f"--screenshots must be at least 20 so every suit appears, got {self.screenshots}")
+        if self.screenshots < MIN_SCREENSHOTS:
+            raise UsageError(f"--screenshots must be at least {MIN_SCREENSHOTS} so every suit appears, "
+                             f"got {self.screenshots}")
         if self.runs < 1 or self.epochs < 1:
             raise UsageError("--runs and --epochs must be at least 1")
 
@@ -67,7 +71,7 @@ def run_demo(config: DemoConfig, progress: bool = False) -> Iterator[DemoStep]:
     extracted = extract.extract(layout, extract.ExtractOptions(), progress=progress)
     yield DemoStep("extract", extracted.summary())
     balance = report.balance_report(layout, None)
-    written = report.write_balance_report(balance, report.default_report_dir(layout, None))
+    written = report.write_balance_report(balance, layout.report_dir(None))
     yield DemoStep("balance-report", f"{balance.table()}\nfigures: {_folders(written)}")
     for name in config.tasks:
         task = tasks.get_task(name)
@@ -104,9 +108,9 @@ def _where(layout: Layout, config: DemoConfig) -> str:
     lines.append(f"  screenshots   {layout.screenshots}")
     lines.append(f"  crop pool     {layout.pool}")
     for name in config.tasks:
-        models = layout.task_models(name)
-        lines.append(f"  {name:<13} model {models / 'best.keras'}, plots and runs.csv in {models}, "
-                     f"evaluation in {models / 'evaluation'}")
-    lines.append("try: toonvision --img-dir {0}/img --models-dir {0}/models predict {0}/models/suit "
-                 "{0}/img/data/suit/test".format(config.root))
+        lines.append(f"  {name:<13} model {layout.best_model(name)}, plots and runs.csv in "
+                     f"{layout.task_models(name)}, evaluation in {layout.evaluation_dir(name)}")
+    root = config.root
+    lines.append(f"try: toonvision --img-dir {root}/img --models-dir {root}/models predict {root}/models/suit "
+                 f"{root}/img/data/suit/test")
     return "\n".join(lines)

@@ -4,8 +4,11 @@
     ├── raw/screenshots/   labelImg screenshots with their VOC XML (input; any depth)
     ├── raw/processed/     screenshots moved here by ``extract --move``
     ├── unsorted/          the crop pool: <group>/<label>_<index>.png + manifest.csv
-    └── data/<task>/       splits: {train,validate,test}/<class>/ + split.csv
+    ├── data/<task>/       splits: {train,validate,test}/<class>/ + split.csv
+    └── reports/<task>/    balance-report tables and figures (reports/pool/ without a task)
     models/<task>/         best.keras, best.json, runs.csv, histories.jsonl, plots
+    ├── evaluation/        evaluate on the test split (evaluation_<split>/ for the others)
+    └── compare/           compare's runs, statistics and figures
 """
 
 from __future__ import annotations
@@ -14,6 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "validate", "test")
+DEFAULT_IMG_DIR = "img"
+DEFAULT_MODELS_DIR = "models"
+BEST_MODEL = "best.keras"  # the chosen run's model in models/<task>/
+BEST_INFO = "best.json"  # its classes, image size, split and metrics, beside it
+EVALUATION_DIR = "evaluation"
+COMPARE_DIR = "compare"
+EXPLAIN_DIR = "explain"
+REPORTS_DIR = "reports"
+POOL_REPORT = "pool"  # the report folder of the whole pool (no task)
+
+
+def evaluation_dir_name(split: str) -> str:
+    """``evaluation`` for the test split, ``evaluation_<split>`` for the others."""
+    return EVALUATION_DIR if split == "test" else f"{EVALUATION_DIR}_{split}"
 
 
 @dataclass(frozen=True)
@@ -24,7 +41,7 @@ class Layout:
     models_dir: Path
 
     @classmethod
-    def from_dirs(cls, img_dir: str | Path = "img", models_dir: str | Path = "models") -> "Layout":
+    def from_dirs(cls, img_dir: str | Path = DEFAULT_IMG_DIR, models_dir: str | Path = DEFAULT_MODELS_DIR) -> Layout:
         return cls(Path(img_dir).absolute(), Path(models_dir).absolute())
 
     @property
@@ -69,3 +86,24 @@ class Layout:
 
     def task_models(self, task: str) -> Path:
         return self.models_dir / task
+
+    def best_model(self, task: str) -> Path:
+        return self.task_models(task) / BEST_MODEL
+
+    def best_info(self, task: str) -> Path:
+        return self.task_models(task) / BEST_INFO
+
+    def evaluation_dir(self, task: str, split: str = "test") -> Path:
+        """Where ``evaluate`` writes for the task's model: ``models/<task>/evaluation[_<split>]/``."""
+        return self.task_models(task) / evaluation_dir_name(split)
+
+    def compare_dir(self, task: str) -> Path:
+        return self.task_models(task) / COMPARE_DIR
+
+    @property
+    def reports(self) -> Path:
+        return self.img_dir / REPORTS_DIR
+
+    def report_dir(self, task: str | None) -> Path:
+        """``img/reports/<task>/``, or ``img/reports/pool/`` without a task: beside the data, outside splits."""
+        return self.reports / (task if task is not None else POOL_REPORT)

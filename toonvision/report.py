@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 BALANCE_JSON = "balance.json"
 # A crop smaller than half the model input on a side is upscaled more than 2x: it lost detail.
-SMALL_CROP = (DEFAULT_IMAGE_SIZE[1] // 2, DEFAULT_IMAGE_SIZE[0] // 2)  # width, height in pixels
+SMALL_CROP = (DEFAULT_IMAGE_SIZE.width // 2, DEFAULT_IMAGE_SIZE.height // 2)  # width, height in pixels
 
 
 @dataclass(frozen=True)
@@ -171,8 +171,8 @@ def balance_report(layout: Layout, task: Task | None = None, target: int | None 
 
 
 def default_report_dir(layout: Layout, task: Task | None) -> Path:
-    """``img/reports/<task>/``, or ``img/reports/pool/`` without a task: beside the data, outside splits."""
-    return layout.img_dir / "reports" / (task.name if task is not None else "pool")
+    """``img/reports/<task>/``, or ``img/reports/pool/`` without a task (see :meth:`Layout.report_dir`)."""
+    return layout.report_dir(task.name if task is not None else None)
 
 
 def write_balance_report(report: BalanceReport, out_dir: Path) -> list[Path]:
