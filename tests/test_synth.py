@@ -240,12 +240,14 @@ def test_a_killed_synth_leaves_whole_files_and_a_rerun_finishes_the_job(tmp_path
 
 def test_cli_writes_screenshots_and_prints_a_summary(tmp_path):
     runner = CliRunner()
-    args = ["--img-dir", str(tmp_path / "img"), "synth", "--count", "3", "--seed", "7", "--size", "320x240",
+    args = ["--img-dir", str(tmp_path / "img"), "synth", "--count", "3", "--seed", "7", "--size", "240x320",
             "--weight", "cog_*=0", "--toon-share", "1"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     shots = tmp_path / "img" / "raw" / "screenshots"
     assert len(list(shots.glob("synth_7_*.png"))) == len(list(shots.glob("synth_7_*.xml"))) == 3
+    with Image.open(next(shots.glob("synth_7_*.png"))) as image:
+        assert image.size == (320, 240)  # --size is HEIGHTxWIDTH, as --image-size is
     assert "3 screenshots" in result.output and "0 Cogs" in result.output and str(shots) in result.output
     again = runner.invoke(main, args)
     assert again.exit_code == 0 and "3 already there" in again.output
@@ -253,6 +255,7 @@ def test_cli_writes_screenshots_and_prints_a_summary(tmp_path):
 
 @pytest.mark.parametrize("args", [
     ["--size", "800"], ["--size", "800x"], ["--size", "axb"], ["--size", "800x600x3"], ["--size", "10x10"],
+    ["--size", "0x600"], ["--size", "600x5000"],
     ["--count", "0"], ["--weight", "toon_cat"], ["--weight", "toon_cat=-1"], ["--weight", "toon_unicorn=1"],
 ])
 def test_cli_bad_options_exit_2_with_a_message(tmp_path, args):

@@ -13,12 +13,49 @@ from pathlib import Path
 
 import click
 
-from toonvision.constants import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_RUNS
-from toonvision.errors import ToonVisionError
-from toonvision.layout import Layout
+from toonvision.constants import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_COMPARE_MODELS,
+    DEFAULT_COMPARE_RUNS,
+    DEFAULT_COMPARE_SEED,
+    DEFAULT_EPOCHS,
+    DEFAULT_EVALUATION_SPLIT,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_MODEL,
+    DEFAULT_RATIOS,
+    DEFAULT_RUNS,
+    DEFAULT_SYNTH_COUNT,
+    DEFAULT_SYNTH_SEED,
+    DEFAULT_SYNTH_SIZE,
+    DEFAULT_TOON_SHARE,
+    DEFAULT_WEIGHTS,
+    DEFAULT_WORST,
+    HW,
+    PREDICTION_FORMATS,
+    parse_hw,
+)
+from toonvision.demo import MIN_SCREENSHOTS, DemoConfig, run_demo
+from toonvision.errors import ToonVisionError, UsageError
+from toonvision.layout import (
+    BEST_INFO,
+    BEST_MODEL,
+    COMPARE_DIR,
+    DEFAULT_IMG_DIR,
+    DEFAULT_MODELS_DIR,
+    EVALUATION_DIR,
+    EXPLAIN_DIR,
+    POOL_REPORT,
+    REPORTS_DIR,
+    SPLITS,
+    Layout,
+)
 from toonvision.models import MODEL_NAMES
+from toonvision.tasks import BUILTIN_TASKS, CONFIG_NAME
 
 logger = logging.getLogger("toonvision")
+
+_RATIOS_TEXT = " ".join(f"{r:g}" for r in DEFAULT_RATIOS)  # 0.6 0.2 0.2
+_DEMO = DemoConfig()  # the demo's defaults
 
 
 class _Context:
@@ -63,9 +100,9 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--img-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("img"),
+@click.option("--img-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(DEFAULT_IMG_DIR),
               show_default=True, help="Data root: raw/screenshots, unsorted (the pool), data (splits).")
-@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("models"),
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(DEFAULT_MODELS_DIR),
               show_default=True, help="Where trained models and their reports go.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging and Keras' per-epoch output.")
@@ -167,17 +204,15 @@ class MultiValueCommand(click.Command):
 
 
 def _parse_ratio(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...]:
-    from toonvision.constants import DEFAULT_RATIOS
-    from toonvision.errors import UsageError
-    from toonvision.split import check_ratios
+    from toonvision.split import check_ratios  # stage modules load when a command needs them: start-up time
 
     if value is None:
         return tuple(DEFAULT_RATIOS)
     parts = value.replace(",", " ").split()
     if not parts:
-        raise click.BadParameter("expected 2 or 3 numbers after --ratio, e.g. --ratio 0.6 0.2 0.2")
+        raise click.BadParameter(f"expected 2 or 3 numbers after --ratio, e.g. --ratio {_RATIOS_TEXT}")
     if not all(_is_number(part) for part in parts):
-        raise click.BadParameter(f"expected 2 or 3 numbers summing to 1, e.g. 0.6 0.2 0.2; got {value!r}")
+        raise click.BadParameter(f"expected 2 or 3 numbers summing to 1, e.g. {_RATIOS_TEXT}; got {value!r}")
     try:
         return check_ratios(float(part) for part in parts)
     except UsageError as exc:
@@ -186,7 +221,7 @@ def _parse_ratio(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 ratio_option = click.option(
     "--ratio", callback=_parse_ratio, metavar="TRAIN VALIDATE [TEST]",
-    help="Shares of each class per split, summing to 1 (2 numbers: no test split). [default: 0.6 0.2 0.2]",
+    help=f"Shares of each class per split, summing to 1 (2 numbers: no test split). [default: {_RATIOS_TEXT}]",
 )
 no_group_option = click.option(
     "--no-group", is_flag=True,
@@ -198,7 +233,10 @@ min_per_class_option = click.option(
 )
 config_option = click.option(
     "--config", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="Custom tasks ([tasks.NAME] pattern = ...). [default: ./toonvision.toml if present]",
+    help=f"Custom tasks ([tasks.NAME] pattern = ...). [default: ./{CONFIG_NAME} if present]",
+)
+task_option = click.option(
+    "--task", "task_name", required=True, help=f"{', '.join(BUILTIN_TASKS)}, or a task of {CONFIG_NAME}.",
 )
 
 
@@ -209,8 +247,7 @@ def _task(name: str, config: Path | None):
 
 
 @main.command(cls=MultiValueCommand)
-@click.option("--task", "task_name", required=True,
-              help="binary, suit, name, animal, label, or a task of toonvision.toml.")
+@task_option
 @ratio_option
 @click.option("--seed", type=click.IntRange(min=0), help="Repeat a split exactly. [default: chosen and printed]")
 @no_group_option
@@ -234,7 +271,8 @@ def split(ctx: _Context, task_name: str, ratio: tuple[float, ...], seed: int | N
 @click.option("--target", type=click.IntRange(min=1), metavar="N",
               help="Crops wanted per label and class. [default: the largest]")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for balance.json and the figures. [default: <img-dir>/reports/<task or pool>/]")
+              help=f"Folder for balance.json and the figures. [default: <img-dir>/{REPORTS_DIR}/<task or "
+                   f"{POOL_REPORT}>/]")
 @config_option
 @pass_context
 @_reports_errors
@@ -245,43 +283,44 @@ def balance_report(ctx: _Context, task_name: str | None, target: int | None, out
 
     task = _task(task_name, config) if task_name else None
     report = stage.balance_report(ctx.layout, task, target)
-    out = out or stage.default_report_dir(ctx.layout, task)
+    out = out or ctx.layout.report_dir(task_name)
     paths = stage.write_balance_report(report, out)
     if not ctx.quiet:
         click.echo(report.table())
         click.echo(f"wrote {', '.join(p.name for p in paths)} to {out}")
 
 
-def _parse_image_size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int]:
-    from toonvision.constants import DEFAULT_IMAGE_SIZE
+def _parse_hw(value: str) -> HW:
+    """Every size option is HEIGHTxWIDTH, read by the one parser."""
+    try:
+        return parse_hw(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
-    if value is None:
-        return tuple(DEFAULT_IMAGE_SIZE)
-    parts = value.lower().replace("×", "x").split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise click.BadParameter(f"expected HEIGHTxWIDTH in pixels, e.g. 600x200; got {value!r}")
-    return int(parts[0]), int(parts[1])
+
+def _parse_image_size(ctx: click.Context, param: click.Parameter, value: str | None) -> HW:
+    return DEFAULT_IMAGE_SIZE if value is None else _parse_hw(value)
 
 
 image_size_option = click.option(
-    "--image-size", callback=_parse_image_size, metavar="HxW", help="Input height x width in pixels. [default: 600x200]",
+    "--image-size", callback=_parse_image_size, metavar="HxW",
+    help=f"Input height x width in pixels. [default: {DEFAULT_IMAGE_SIZE.as_text()}]",
 )
 batch_size_option = click.option(
     "--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
 )
 weights_option = click.option(
-    "--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
+    "--weights", default=DEFAULT_WEIGHTS, show_default=True, metavar="imagenet|none|PATH",
     help="mobilenetv2 only: Keras' cached ImageNet weights, none (from scratch) or a weights file.",
 )
 
 
 @main.command(cls=MultiValueCommand)
-@click.option("--task", "task_name", required=True,
-              help="binary, suit, name, animal, label, or a task of toonvision.toml.")
+@task_option
 @click.option("--runs", type=click.IntRange(min=1), default=DEFAULT_RUNS, show_default=True,
               help="Independent runs, each on its own re-split of the pool (seed + run).")
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True)
-@click.option("--model", type=click.Choice(MODEL_NAMES), default="baseline",
+@click.option("--model", type=click.Choice(MODEL_NAMES), default=DEFAULT_MODEL,
               show_default=True, help="optimized adds augmentation, dropout and learning-rate decay.")
 @click.option("--seed", type=click.IntRange(min=0),
               help="Seed of run 0 (run k uses seed + k). [default: chosen and printed; --resume keeps it]")
@@ -299,7 +338,7 @@ weights_option = click.option(
 @pass_context
 @_reports_errors
 def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, seed: int | None,
-          ratio: tuple[float, ...], image_size: tuple[int, int], batch_size: int, weights: str,
+          ratio: tuple[float, ...], image_size: HW, batch_size: int, weights: str,
           resume: bool, overwrite: bool, mixed_precision: bool, no_group: bool, min_per_class: int | None,
           config: Path | None) -> None:
     """Train over repeated re-splits of the pool; keep the run best on validation in models/<task>/."""
@@ -318,13 +357,14 @@ def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, see
         click.echo(result.summary())
 
 
-def _parse_synth_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
-    from toonvision.synth import parse_size
+def _parse_synth_size(ctx: click.Context, param: click.Parameter, value: str) -> HW:
+    from toonvision.synth import MAX_SIZE, MIN_SIZE  # (width, height); loads with the command: start-up time
 
-    try:
-        return parse_size(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    size = _parse_hw(value)
+    if not (MIN_SIZE[1] <= size.height <= MAX_SIZE[1] and MIN_SIZE[0] <= size.width <= MAX_SIZE[0]):
+        raise click.BadParameter(f"{size.as_text()} is outside {HW(MIN_SIZE[1], MIN_SIZE[0]).as_text()} .. "
+                                 f"{HW(MAX_SIZE[1], MAX_SIZE[0]).as_text()} (HEIGHTxWIDTH)")
+    return size
 
 
 def _parse_weights(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
@@ -342,12 +382,14 @@ def _parse_weights(ctx: click.Context, param: click.Parameter, values: tuple[str
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the PNG + XML pairs (default: <img-dir>/raw/screenshots, where extract reads).")
-@click.option("--count", type=click.IntRange(min=1), default=100, show_default=True, help="Screenshots to make.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--count", type=click.IntRange(min=1), default=DEFAULT_SYNTH_COUNT, show_default=True,
+              help="Screenshots to make.")
+@click.option("--seed", type=click.IntRange(min=0), default=DEFAULT_SYNTH_SEED, show_default=True,
               help="Same seed, same files; the seed is part of the file names.")
-@click.option("--size", callback=_parse_synth_size, default="800x600", show_default=True, metavar="WIDTHxHEIGHT")
+@click.option("--size", callback=_parse_synth_size, default=DEFAULT_SYNTH_SIZE.as_text(), show_default=True,
+              metavar="HxW", help="Screenshot height x width in pixels (the same order as --image-size).")
 @click.option("--toon-share", type=click.FloatRange(0, 1), metavar="FRACTION",
-              help="Share of Toons among entities. [default: 0.22, as in the original data]")
+              help=f"Share of Toons among entities. [default: {DEFAULT_TOON_SHARE:.2f}, as in the original data]")
 @click.option("--weight", "weights", multiple=True, callback=_parse_weights, metavar="LABEL=WEIGHT",
               help="Relative weight of labels within their group (Cogs or Toons); globs allowed, 'cog_lb_*=0' "
                    "leaves out Lawbots. Repeatable. Defaults follow the original data: the top two Cogs of each "
@@ -356,13 +398,13 @@ def _parse_weights(ctx: click.Context, param: click.Parameter, values: tuple[str
 @click.option("--workers", type=click.IntRange(min=1), help="Processes (default: every core for 32+ screenshots).")
 @pass_context
 @_reports_errors
-def synth(ctx: _Context, out: Path | None, count: int, seed: int, size: tuple[int, int], toon_share: float | None,
+def synth(ctx: _Context, out: Path | None, count: int, seed: int, size: HW, toon_share: float | None,
           weights: tuple[tuple[str, float], ...], overwrite: bool, workers: int | None) -> None:
     """Draw synthetic ToonTown street screenshots with labelImg XML (demo and test data)."""
     from toonvision import synth as stage
 
-    config = stage.SynthConfig(count=count, seed=seed, size=size,
-                               toon_share=stage.DEFAULT_TOON_SHARE if toon_share is None else toon_share)
+    config = stage.SynthConfig(count=count, seed=seed, size=(size.width, size.height),  # SynthConfig: (w, h)
+                               toon_share=DEFAULT_TOON_SHARE if toon_share is None else toon_share)
     config = stage.with_weights(config, weights)
     result = stage.synthesize(out or ctx.layout.screenshots, config, overwrite=overwrite, workers=workers,
                               progress=ctx.progress)
@@ -378,7 +420,8 @@ unsafe_option = click.option(
 )
 classes_option = click.option(
     "--classes", metavar="A,B,...",
-    help="Class names in the model's output order, for a model without best.json (e.g. Keras 2 HDF5): bb,lb,cb,sb.",
+    help=f"Class names in the model's output order, for a model without {BEST_INFO} (e.g. Keras 2 HDF5): "
+         "bb,lb,cb,sb.",
 )
 model_argument = click.argument("model", type=click.Path(path_type=Path))
 
@@ -405,13 +448,14 @@ def _quiet_tensorflow(ctx: _Context) -> None:
 
 @main.command()
 @click.argument("model", required=False, type=click.Path(path_type=Path))
-@click.option("--task", "task_name", help="Task of a model without best.json (scored on img/data/<task>/). "
-              "Without MODEL: evaluate models/<task>/best.keras.")
-@click.option("--split", type=click.Choice(("train", "validate", "test")), default="test", show_default=True)
+@click.option("--task", "task_name", help=f"Task of a model without {BEST_INFO} (scored on img/data/<task>/). "
+              f"Without MODEL: evaluate models/<task>/{BEST_MODEL}.")
+@click.option("--split", type=click.Choice(SPLITS), default=DEFAULT_EVALUATION_SPLIT, show_default=True)
 @classes_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for evaluation.json, predictions.csv and the figures. [default: evaluation/ beside the model]")
-@click.option("--worst", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Folder for evaluation.json, predictions.csv and the figures. "
+                   f"[default: {EVALUATION_DIR}/ beside the model, {EVALUATION_DIR}_<split>/ for another split]")
+@click.option("--worst", type=click.IntRange(min=0), default=DEFAULT_WORST, show_default=True,
               help="Most confident mistakes to show in worst_predictions.png.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
 @unsafe_option
@@ -432,7 +476,8 @@ def evaluate(ctx: _Context, model: Path | None, task_name: str | None, split: st
 @main.command()
 @model_argument
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(("table", "csv", "json")), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(PREDICTION_FORMATS), default=PREDICTION_FORMATS[0],
+              show_default=True)
 @classes_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
 @unsafe_option
@@ -457,7 +502,7 @@ def predict(ctx: _Context, model: Path, paths: tuple[Path, ...], fmt: str, class
 @click.option("--layer", help="Layer for Grad-CAM (name, or outer/inner for a nested base). "
               "[default: the last convolutional layer]")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the PNG overlays. [default: explain/ beside the model]")
+              help=f"Folder for the PNG overlays. [default: {EXPLAIN_DIR}/ beside the model]")
 @classes_option
 @unsafe_option
 @pass_context
@@ -482,24 +527,23 @@ class _CompareCommand(MultiValueCommand):
 
 
 def _parse_models(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
-    from toonvision.compare import DEFAULT_MODELS
-
     names = tuple(n for value in values for n in value.replace(" ", ",").split(",") if n)
     unknown = [n for n in names if n not in MODEL_NAMES]
     if unknown:
         raise click.BadParameter(f"unknown model {unknown[0]!r}; choose from {', '.join(MODEL_NAMES)}")
-    return names or DEFAULT_MODELS
+    return names or DEFAULT_COMPARE_MODELS
 
 
 @main.command(cls=_CompareCommand)
-@click.option("--task", "task_name", required=True,
-              help="binary, suit, name, animal, label, or a task of toonvision.toml.")
+@task_option
 @click.option("--models", multiple=True, callback=_parse_models, metavar="NAME...",
-              help="Models to compare, e.g. --models baseline optimized. [default: baseline optimized]")
-@click.option("--runs", type=click.IntRange(min=1), default=5, show_default=True,
+              help=f"Models to compare, e.g. --models {' '.join(MODEL_NAMES[:2])}. "
+                   f"[default: {' '.join(DEFAULT_COMPARE_MODELS)}]")
+@click.option("--runs", type=click.IntRange(min=1), default=DEFAULT_COMPARE_RUNS, show_default=True,
               help="Shared re-splits: run k of every model uses split k (seed + k).")
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of run 0.")
+@click.option("--seed", type=click.IntRange(min=0), default=DEFAULT_COMPARE_SEED, show_default=True,
+              help="Seed of run 0.")
 @ratio_option
 @image_size_option
 @batch_size_option
@@ -507,12 +551,12 @@ def _parse_models(ctx: click.Context, param: click.Parameter, values: tuple[str,
 @no_group_option
 @min_per_class_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the comparison. [default: models/<task>/compare/]")
+              help=f"Folder for the comparison. [default: models/<task>/{COMPARE_DIR}/]")
 @config_option
 @pass_context
 @_reports_errors
 def compare(ctx: _Context, task_name: str, models: tuple[str, ...], runs: int, epochs: int, seed: int,
-            ratio: tuple[float, ...], image_size: tuple[int, int], batch_size: int, weights: str, no_group: bool,
+            ratio: tuple[float, ...], image_size: HW, batch_size: int, weights: str, no_group: bool,
             min_per_class: int | None, out: Path | None, config: Path | None) -> None:
     """Train several models on the same re-splits; plot their curves and test metrics side by side."""
     _quiet_tensorflow(ctx)
@@ -531,21 +575,19 @@ def compare(ctx: _Context, task_name: str, models: tuple[str, ...], runs: int, e
 
 
 @main.command()
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("toonvision-demo"),
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=_DEMO.root,
               show_default=True, help="A fresh folder for the demo's data and models (never your img/).")
-@click.option("--screenshots", type=click.IntRange(min=20), default=150, show_default=True,
+@click.option("--screenshots", type=click.IntRange(min=MIN_SCREENSHOTS), default=_DEMO.screenshots, show_default=True,
               help="Synthetic screenshots to render.")
-@click.option("--runs", type=click.IntRange(min=1), default=2, show_default=True, help="Training runs per task.")
-@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True, help="Epochs per run.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=_DEMO.runs, show_default=True,
+              help="Training runs per task.")
+@click.option("--epochs", type=click.IntRange(min=1), default=_DEMO.epochs, show_default=True, help="Epochs per run.")
+@click.option("--seed", type=click.IntRange(min=0), default=_DEMO.seed, show_default=True)
 @pass_context
 @_reports_errors
 def demo(ctx: _Context, root: Path, screenshots: int, runs: int, epochs: int, seed: int) -> None:
     """Run the whole pipeline on built-in synthetic data in a folder of its own."""
-    from toonvision.demo import DemoConfig, run_demo
-
     _quiet_tensorflow(ctx)
-
     config = DemoConfig(root=root, screenshots=screenshots, seed=seed, runs=runs, epochs=epochs)
     for step in run_demo(config, progress=ctx.progress):
         if not ctx.quiet or step.stage == "done":
