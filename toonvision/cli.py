@@ -537,7 +537,7 @@ def _parse_models(ctx: click.Context, param: click.Parameter, values: tuple[str,
 @main.command(cls=_CompareCommand)
 @task_option
 @click.option("--models", multiple=True, callback=_parse_models, metavar="NAME...",
-              help=f"Models to compare, e.g. --models {' '.join(MODEL_NAMES[:2])}. "
+              help=f"Models to compare, e.g. --models {' '.join(DEFAULT_COMPARE_MODELS)}. "
                    f"[default: {' '.join(DEFAULT_COMPARE_MODELS)}]")
 @click.option("--runs", type=click.IntRange(min=1), default=DEFAULT_COMPARE_RUNS, show_default=True,
               help="Shared re-splits: run k of every model uses split k (seed + k).")
