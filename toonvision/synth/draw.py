@@ -11,7 +11,18 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from toonvision.constants import SUITS
-from toonvision.synth.specs import _HAND_COLORS, _TIE_COLORS, RGB, _CogSpec, _mix, _shade
+from toonvision.synth.specs import (
+    _BLACK,
+    _HAND_COLORS,
+    _TIE_COLORS,
+    _TOON_HEADS,
+    _WHITE,
+    RGB,
+    _CogSpec,
+    _HeadShape,
+    _mix,
+    _shade,
+)
 
 
 @dataclass(frozen=True)
@@ -187,8 +198,6 @@ _BODIES = {
     "B": _Body(leg=0.40, torso=0.40, shoulder=0.19, waist=0.16, leg_w=0.05, leg_gap=0.03, arm=0.36, arm_w=0.055),
     "C": _Body(leg=0.24, torso=0.44, shoulder=0.22, waist=0.26, leg_w=0.06, leg_gap=0.05, arm=0.34, arm_w=0.065),
 }
-_WHITE: RGB = (244, 244, 244)
-_BLACK: RGB = (24, 22, 24)
 
 
 def _draw_cog(pen: _Pen, look: _CogLook) -> None:
@@ -317,113 +326,73 @@ def _draw_toon(pen: _Pen, look: _ToonLook) -> None:
     _draw_toon_head(pen, look, high - 0.03)
 
 
+@dataclass(frozen=True)
+class _HeadFrame:
+    """Where one Toon's head is drawn: its centre line, muzzle line, chin, size, pose and fur shades."""
+
+    cx: float
+    mx: float
+    y0: float
+    w: float
+    h: float
+    pose: str
+    colors: dict[str, RGB]
+
+
 def _draw_toon_head(pen: _Pen, look: _ToonLook, y0: float) -> None:
-    """Head and ears: the animal is told by these shapes, never by colour."""
+    """Head and ears: the animal is told by these shapes (its row of ``_TOON_HEADS``), never by colour."""
+    spec = _TOON_HEADS[look.animal]
     side, back = look.pose == "side", look.pose == "back"
-    w, h = 0.36 * look.head, 0.34 * look.head
-    fur, dark, light = look.fur, _shade(look.fur, 0.72), _mix(look.fur, _WHITE, 0.55)
-    pink = _mix(look.fur, (250, 160, 180), 0.6)
-    animal = look.animal
+    w, h = 0.36 * look.head * spec.stretch[0], 0.34 * look.head * spec.stretch[1]
     cx = 0.02 if side else 0.0
-    ears = (1.0,) if side else (-1.0, 1.0)
-    if animal == "horse":
-        w, h = w * 0.78, h * 1.3
-    elif animal in ("deer", "rabbit"):
-        w = w * 0.85
-    # behind the head
-    for s in ears:
-        ex = cx + s * w * (0.12 if side else 1.0)
-        if animal == "bear":
-            pen.ellipse(cx + s * 0.36 * w - (0.1 * w if side else 0), y0 + 0.92 * h, 0.17 * w, 0.17 * w, fur)
-        elif animal == "mouse":
-            pen.ellipse(cx + s * 0.42 * w - (0.15 * w if side else 0), y0 + 1.02 * h, 0.3 * w, 0.3 * w, fur)
-            pen.ellipse(cx + s * 0.42 * w - (0.15 * w if side else 0), y0 + 1.02 * h, 0.18 * w, 0.18 * w, pink,
-                        outline=False)
-        elif animal == "cat":
-            bx = cx + s * 0.3 * w - (0.1 * w if side else 0)
-            pen.poly([(bx - 0.18 * w, y0 + 0.75 * h), (bx + 0.18 * w, y0 + 0.75 * h),
-                      (bx + s * 0.1 * w, y0 + 1.28 * h)], fur)
-        elif animal == "rabbit":
-            bx = cx + s * 0.2 * w - (0.12 * w if side else 0)
-            pen.ellipse(bx, y0 + 1.35 * h, 0.13 * w, 0.55 * h, fur)
-            if not back:
-                pen.ellipse(bx, y0 + 1.35 * h, 0.06 * w, 0.42 * h, pink, outline=False)
-        elif animal == "deer":
-            bx = cx + s * 0.22 * w - (0.1 * w if side else 0)
-            antler = (120, 84, 52)
-            pen.line([(bx, y0 + 0.9 * h), (bx + s * 0.12 * w, y0 + 1.45 * h)], antler, 0.025)
-            pen.line([(bx + s * 0.06 * w, y0 + 1.18 * h), (bx + s * 0.3 * w, y0 + 1.3 * h)], antler, 0.02)
-            pen.ellipse(cx + s * 0.55 * w - (0.2 * w if side else 0), y0 + 0.72 * h, 0.22 * w, 0.08 * w, fur)
-        elif animal == "monkey":
-            pen.ellipse(cx + s * 0.55 * w - (0.35 * w if side else 0), y0 + 0.55 * h, 0.2 * w, 0.2 * w, fur)
-            pen.ellipse(cx + s * 0.55 * w - (0.35 * w if side else 0), y0 + 0.55 * h, 0.11 * w, 0.11 * w, light,
-                        outline=False)
-        elif animal == "horse":
-            pen.poly([(ex - s * 0.3 * w - 0.08 * w, y0 + 0.85 * h), (ex - s * 0.3 * w + 0.08 * w, y0 + 0.85 * h),
-                      (ex - s * 0.25 * w, y0 + 1.12 * h)], fur)
-        elif animal == "pig":
-            bx = cx + s * 0.36 * w - (0.1 * w if side else 0)
-            pen.poly([(bx - 0.14 * w, y0 + 0.8 * h), (bx + 0.14 * w, y0 + 0.8 * h),
-                      (bx + s * 0.2 * w, y0 + 1.05 * h)], pink)
-    # the head itself
-    if animal == "crocodile":
-        pen.ellipse(cx, y0 + 0.5 * h, 0.5 * w, 0.5 * h, fur)
-        for s in ((1.0,) if side else (-1.0, 1.0)):
-            pen.ellipse(cx + s * 0.25 * w + (0.05 * w if side else 0), y0 + 0.98 * h, 0.17 * w, 0.15 * h, fur)
-    elif animal == "pig":
-        pen.ellipse(cx, y0 + 0.45 * h, 0.53 * w, 0.45 * h, fur)
-    elif animal == "mouse":
-        pen.ellipse(cx, y0 + 0.45 * h, 0.45 * w, 0.45 * h, fur)
-    else:
-        pen.ellipse(cx, y0 + 0.5 * h, 0.5 * w, 0.5 * h, fur)
-    if animal == "horse":
-        pen.poly(_clip(_ellipse_points(w, h, y0), 1, y0 + 0.82 * h, keep_above=True), dark, outline=False)
-    if back:
-        if animal == "dog":
-            for s in (-1.0, 1.0):
-                pen.ellipse(cx + s * 0.48 * w, y0 + 0.45 * h, 0.15 * w, 0.36 * h, dark)
-        return
-    # the face
-    eye_y = y0 + (0.78 if animal == "crocodile" else 0.6) * h
+    colors = {"fur": look.fur, "dark": _shade(look.fur, 0.72), "light": _mix(look.fur, _WHITE, 0.55),
+              "pink": _mix(look.fur, (250, 160, 180), 0.6)}
+    frame = _HeadFrame(cx, cx + (0.45 * w if side else 0.0), y0, w, h, look.pose, colors)
+    sides = (1.0,) if side else (-1.0, 1.0)
+    _draw_head_shapes(pen, spec.ears, frame, sides)
+    centre, rx, ry = spec.head
+    pen.ellipse(cx, y0 + centre * h, rx * w, ry * h, look.fur)
+    _draw_head_shapes(pen, spec.crown, frame, sides)
+    if spec.cap is not None:
+        pen.poly(_clip(_ellipse_points(w, h, y0), 1, y0 + spec.cap * h, keep_above=True), colors["dark"],
+                 outline=False)
+    if not back:
+        _draw_toon_eyes(pen, cx, y0 + spec.eye_y * h, w, h, side)
+        _draw_head_shapes(pen, spec.snout, frame, (1.0,))
+        _draw_head_shapes(pen, spec.marks, frame, sides)
+    _draw_head_shapes(pen, spec.over, frame, sides)
+
+
+def _draw_toon_eyes(pen: _Pen, cx: float, eye_y: float, w: float, h: float, side: bool) -> None:
     eyes = (cx + 0.28 * w,) if side else (cx - 0.16 * w, cx + 0.16 * w)
     for ex in eyes:
         pen.ellipse(ex, eye_y, 0.1 * w, 0.14 * h, _WHITE)
         pen.ellipse(ex + (0.03 * w if side else 0), eye_y - 0.02 * h, 0.05 * w, 0.08 * h, _BLACK, outline=False)
-    mx = cx + (0.45 * w if side else 0.0)
-    if animal == "duck":
-        if side:
-            pen.ellipse(cx + 0.55 * w, y0 + 0.35 * h, 0.3 * w, 0.09 * h, (250, 160, 30))
-        else:
-            pen.ellipse(cx, y0 + 0.3 * h, 0.36 * w, 0.12 * h, (250, 160, 30))
-    elif animal == "crocodile":
-        if side:
-            pen.poly([(cx + 0.2 * w, y0 + 0.08 * h), (cx + 1.05 * w, y0 + 0.12 * h), (cx + 1.1 * w, y0 + 0.42 * h),
-                      (cx + 0.25 * w, y0 + 0.55 * h)], fur)
-        else:
-            pen.ellipse(cx, y0 + 0.25 * h, 0.55 * w, 0.24 * h, light)
-            pen.line([(cx - 0.4 * w, y0 + 0.22 * h), (cx + 0.4 * w, y0 + 0.22 * h)], dark, 0.01)
-    elif animal == "pig":
-        pen.ellipse(mx, y0 + 0.32 * h, 0.13 * w if side else 0.2 * w, 0.13 * h, pink)
-        if not side:
-            for s in (-1.0, 1.0):
-                pen.ellipse(cx + s * 0.07 * w, y0 + 0.32 * h, 0.035 * w, 0.05 * h, dark, outline=False)
-    elif animal in ("dog", "horse", "bear", "monkey"):
-        if animal == "monkey":
-            pen.ellipse(cx + (0.2 * w if side else 0), y0 + 0.35 * h, 0.35 * w, 0.3 * h, light, outline=False)
-        muzzle = {"dog": (0.22, 0.16), "horse": (0.3, 0.22), "bear": (0.18, 0.13), "monkey": (0.15, 0.1)}[animal]
-        pen.ellipse(mx + (0.12 * w if side and animal != "monkey" else 0), y0 + 0.25 * h, muzzle[0] * w,
-                    muzzle[1] * h, light)
-        pen.ellipse(mx + (0.25 * w if side else 0), y0 + 0.32 * h, 0.07 * w, 0.05 * h, _BLACK, outline=False)
-    elif animal in ("cat", "mouse", "rabbit", "deer"):
-        pen.ellipse(mx + (0.1 * w if side else 0), y0 + 0.35 * h, 0.05 * w, 0.04 * h, (230, 110, 130),
-                    outline=False)
-        if animal == "cat":
-            for s in ((1.0,) if side else (-1.0, 1.0)):
-                pen.line([(mx + s * 0.1 * w, y0 + 0.32 * h), (mx + s * 0.45 * w, y0 + 0.38 * h)], dark, 0.006)
-                pen.line([(mx + s * 0.1 * w, y0 + 0.28 * h), (mx + s * 0.45 * w, y0 + 0.24 * h)], dark, 0.006)
-    if animal == "dog":
-        for s in ears:
-            pen.ellipse(cx + s * 0.48 * w - (0.35 * w if side else 0), y0 + 0.45 * h, 0.15 * w, 0.36 * h, dark)
+
+
+def _draw_head_shapes(pen: _Pen, shapes: Sequence[_HeadShape], frame: _HeadFrame, sides: Sequence[float]) -> None:
+    """Each shape that shows in this pose, side by side: all shapes of the left side, then of the right."""
+    for s in sides:
+        for shape in shapes:
+            if frame.pose in shape.poses:
+                _draw_head_shape(pen, shape, frame, s)
+
+
+def _draw_head_shape(pen: _Pen, shape: _HeadShape, frame: _HeadFrame, s: float) -> None:
+    w, h, side = frame.w, frame.h, frame.pose == "side"
+    x = shape.side_x if side and shape.side_x is not None else shape.x
+    base = frame.mx if shape.at == "muzzle" else frame.cx
+    anchor = base + s * x * w + (shape.side_dx * w if side else 0.0)
+    points = [(anchor + s * px * w + qx * w, frame.y0 + py * h) for px, qx, py in shape.points]
+    color = frame.colors[shape.color] if isinstance(shape.color, str) else shape.color
+    if shape.kind == "ellipse":
+        (centre_x, centre_y), = points
+        rx, ry = shape.radii
+        pen.ellipse(centre_x, centre_y, rx * w, ry * (w if shape.ry_in_w else h), color, outline=shape.outline)
+    elif shape.kind == "poly":
+        pen.poly(points, color, outline=shape.outline)
+    else:
+        pen.line(points, color, shape.width)
 
 
 # --------------------------------------------------------------------------------------------

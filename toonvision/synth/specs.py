@@ -99,7 +99,132 @@ _HAND_COLORS: dict[str, RGB] = {"bb": (232, 204, 172), "lb": (204, 210, 238), "c
                                 "sb": (238, 206, 216)}
 _TIE_COLORS: dict[str, RGB] = {"bb": (150, 40, 40), "lb": (40, 40, 70), "cb": (210, 190, 90), "sb": (60, 20, 25)}
 
-_ANIMALS = ("bear", "cat", "crocodile", "deer", "dog", "duck", "horse", "monkey", "mouse", "pig", "rabbit")
+_WHITE: RGB = (244, 244, 244)
+_BLACK: RGB = (24, 22, 24)
+_BEAK: RGB = (250, 160, 30)
+_ANTLER: RGB = (120, 84, 52)
+_PINK_NOSE: RGB = (230, 110, 130)
+
+_POSES = ("front", "side", "back")
+_FRONT, _SIDE, _NOT_BACK = ("front",), ("side",), ("front", "side")
+
+
+@dataclass(frozen=True)
+class _HeadShape:
+    """One ellipse, polygon or line of a Toon's head, in head widths ``w`` across and head heights ``h`` up.
+
+    It hangs from an anchor ``base + s*x*w``, moved ``side_dx*w`` forwards in side view, where ``base`` is the
+    head's centre line (or the muzzle's: ``at="muzzle"``) and ``s`` is -1 or 1 for the side it is on (1 for a
+    shape drawn once); each point ``(px, qx, py)`` then lies at ``anchor + s*px*w + qx*w``, ``y0 + py*h``.
+    """
+
+    kind: str  # "ellipse" (its one point is the centre), "poly" or "line"
+    points: tuple[tuple[float, float, float], ...]
+    color: str | RGB = "fur"  # "fur", "dark", "light" or "pink": shades of the Toon's fur; or a fixed colour
+    x: float = 0.0
+    side_x: float | None = None  # x in side view, where it differs
+    side_dx: float = 0.0
+    at: str = "head"
+    radii: tuple[float, float] = (0.0, 0.0)  # ellipse: across in w, up in h (in w as well if ry_in_w)
+    ry_in_w: bool = False
+    width: float = 0.0  # line width, in body units
+    outline: bool = True
+    poses: tuple[str, ...] = _POSES  # drawn in these poses only
+
+
+def _ellipse(x: float, y: float, radii: tuple[float, float], color: str | RGB = "fur", **more: Any) -> _HeadShape:
+    return _HeadShape("ellipse", ((0.0, 0.0, y),), color, x=x, radii=radii, **more)
+
+
+def _poly(points: tuple[tuple[float, float, float], ...], color: str | RGB = "fur", **more: Any) -> _HeadShape:
+    return _HeadShape("poly", points, color, **more)
+
+
+def _line(points: tuple[tuple[float, float, float], ...], color: str | RGB, width: float, **more: Any
+          ) -> _HeadShape:
+    return _HeadShape("line", points, color, width=width, **more)
+
+
+@dataclass(frozen=True)
+class _ToonHead:
+    """What tells one animal apart, in the order it is drawn: shapes, never colour (fur colour is random)."""
+
+    stretch: tuple[float, float] = (1.0, 1.0)  # head width and height against the common head
+    ears: tuple[_HeadShape, ...] = ()  # behind the head, once per side that shows, from every pose
+    head: tuple[float, float, float] = (0.5, 0.5, 0.5)  # the head ellipse: centre height (h), radii (w, h)
+    crown: tuple[_HeadShape, ...] = ()  # on the head, once per side, from every pose
+    cap: float | None = None  # the top of the head from this height (h) up, in dark fur
+    eye_y: float = 0.6  # (h)
+    snout: tuple[_HeadShape, ...] = ()  # after the eyes, once; not seen from the back
+    marks: tuple[_HeadShape, ...] = ()  # after the snout, once per side; not seen from the back
+    over: tuple[_HeadShape, ...] = ()  # in front of it all, once per side, from every pose
+
+
+def _muzzle(size: tuple[float, float], side_dx: float = 0.12) -> tuple[_HeadShape, ...]:
+    """A light muzzle with a black nose on it."""
+    return (_ellipse(0.0, 0.25, size, "light", at="muzzle", side_dx=side_dx),
+            _ellipse(0.0, 0.32, (0.07, 0.05), _BLACK, at="muzzle", side_dx=0.25, outline=False))
+
+
+_NOSE = _ellipse(0.0, 0.35, (0.05, 0.04), _PINK_NOSE, at="muzzle", side_dx=0.1, outline=False)
+_WHISKERS = (_line(((0.1, 0.0, 0.32), (0.45, 0.0, 0.38)), "dark", 0.006, at="muzzle"),
+             _line(((0.1, 0.0, 0.28), (0.45, 0.0, 0.24)), "dark", 0.006, at="muzzle"))
+
+_TOON_HEADS: dict[str, _ToonHead] = {
+    "bear": _ToonHead(
+        ears=(_ellipse(0.36, 0.92, (0.17, 0.17), side_dx=-0.1, ry_in_w=True),),
+        snout=_muzzle((0.18, 0.13))),
+    "cat": _ToonHead(
+        ears=(_poly(((0.0, -0.18, 0.75), (0.0, 0.18, 0.75), (0.1, 0.0, 1.28)), x=0.3, side_dx=-0.1),),
+        snout=(_NOSE,), marks=_WHISKERS),
+    "crocodile": _ToonHead(
+        crown=(_ellipse(0.25, 0.98, (0.17, 0.15), side_dx=0.05),),  # the eyes' bumps
+        eye_y=0.78,
+        snout=(_poly(((0.2, 0.0, 0.08), (1.05, 0.0, 0.12), (1.1, 0.0, 0.42), (0.25, 0.0, 0.55)), poses=_SIDE),
+               _ellipse(0.0, 0.25, (0.55, 0.24), "light", poses=_FRONT),
+               _line(((-0.4, 0.0, 0.22), (0.4, 0.0, 0.22)), "dark", 0.01, poses=_FRONT))),
+    "deer": _ToonHead(
+        stretch=(0.85, 1.0),
+        ears=(_line(((0.0, 0.0, 0.9), (0.12, 0.0, 1.45)), _ANTLER, 0.025, x=0.22, side_dx=-0.1),
+              _line(((0.06, 0.0, 1.18), (0.3, 0.0, 1.3)), _ANTLER, 0.02, x=0.22, side_dx=-0.1),
+              _ellipse(0.55, 0.72, (0.22, 0.08), side_dx=-0.2, ry_in_w=True)),
+        snout=(_NOSE,)),
+    "dog": _ToonHead(
+        snout=_muzzle((0.22, 0.16)),
+        over=(_ellipse(0.48, 0.45, (0.15, 0.36), "dark", side_dx=-0.35),)),  # floppy ears
+    "duck": _ToonHead(
+        snout=(_ellipse(0.55, 0.35, (0.3, 0.09), _BEAK, poses=_SIDE),
+               _ellipse(0.0, 0.3, (0.36, 0.12), _BEAK, poses=_FRONT))),
+    "horse": _ToonHead(
+        stretch=(0.78, 1.3),
+        ears=(_poly(((-0.3, -0.08, 0.85), (-0.3, 0.08, 0.85), (-0.25, 0.0, 1.12)), x=1.0, side_x=0.12),),
+        cap=0.82,  # the mane
+        snout=_muzzle((0.3, 0.22))),
+    "monkey": _ToonHead(
+        ears=(_ellipse(0.55, 0.55, (0.2, 0.2), side_dx=-0.35, ry_in_w=True),
+              _ellipse(0.55, 0.55, (0.11, 0.11), "light", side_dx=-0.35, ry_in_w=True, outline=False)),
+        snout=(_ellipse(0.0, 0.35, (0.35, 0.3), "light", side_dx=0.2, outline=False),
+               *_muzzle((0.15, 0.1), side_dx=0.0))),
+    "mouse": _ToonHead(
+        ears=(_ellipse(0.42, 1.02, (0.3, 0.3), side_dx=-0.15, ry_in_w=True),
+              _ellipse(0.42, 1.02, (0.18, 0.18), "pink", side_dx=-0.15, ry_in_w=True, outline=False)),
+        head=(0.45, 0.45, 0.45),
+        snout=(_NOSE,)),
+    "pig": _ToonHead(
+        ears=(_poly(((0.0, -0.14, 0.8), (0.0, 0.14, 0.8), (0.2, 0.0, 1.05)), "pink", x=0.36, side_dx=-0.1),),
+        head=(0.45, 0.53, 0.45),
+        snout=(_ellipse(0.0, 0.32, (0.13, 0.13), "pink", at="muzzle", poses=_SIDE),
+               _ellipse(0.0, 0.32, (0.2, 0.13), "pink", at="muzzle", poses=_FRONT)),
+        marks=(_ellipse(0.07, 0.32, (0.035, 0.05), "dark", outline=False, poses=_FRONT),)),  # nostrils
+    "rabbit": _ToonHead(
+        stretch=(0.85, 1.0),
+        ears=(_ellipse(0.2, 1.35, (0.13, 0.55), side_dx=-0.12),
+              _ellipse(0.2, 1.35, (0.06, 0.42), "pink", side_dx=-0.12, outline=False, poses=_NOT_BACK)),
+        snout=(_NOSE,)),
+}
+"""Every Toon animal's head, in the order of the original classes file."""
+
+_ANIMALS = tuple(_TOON_HEADS)
 
 COG_LABELS: tuple[str, ...] = tuple(f"cog_{suit}_{name}" for suit, names in _COGS.items() for name, _ in names)
 TOON_LABELS: tuple[str, ...] = tuple(f"toon_{animal}" for animal in _ANIMALS)
