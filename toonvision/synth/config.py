@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from toonvision.errors import UsageError
 from toonvision.synth.specs import COG_LABELS, DEFAULT_WEIGHTS, LABELS, TOON_LABELS

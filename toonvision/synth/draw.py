@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -38,7 +38,7 @@ class _CogLook:
     head_color: RGB
     level: int
 
-    def draw(self, pen: "_Pen") -> None:
+    def draw(self, pen: _Pen) -> None:
         _draw_cog(pen, self)
 
     def nametag(self) -> tuple[tuple[str, ...], RGB]:
@@ -65,7 +65,7 @@ class _ToonLook:
     name: str
     name_color: RGB
 
-    def draw(self, pen: "_Pen") -> None:
+    def draw(self, pen: _Pen) -> None:
         _draw_toon(pen, self)
 
     def nametag(self) -> tuple[tuple[str, ...], RGB]:
@@ -170,7 +170,7 @@ def _clip(points: Sequence[tuple[float, float]], axis: int, value: float, keep_a
         return p[axis] >= value if keep_above else p[axis] <= value
 
     out: list[tuple[float, float]] = []
-    for a, b in zip(points, list(points[1:]) + [points[0]]):
+    for a, b in zip(points, list(points[1:]) + [points[0]], strict=True):
         if inside(a):
             out.append(a)
         if inside(a) != inside(b):

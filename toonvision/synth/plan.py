@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -40,7 +40,7 @@ class PlannedEntity:
     box: tuple[int, int, int, int]  # left, top, right, bottom (exclusive), before occlusion
     nametag: tuple[int, int, int, int]
     foot: int  # the row it stands on: larger is nearer, drawn later
-    look: "_CogLook | _ToonLook"
+    look: _CogLook | _ToonLook
     blur: float  # Gaussian radius in pixels: focus and motion
     noise: float  # standard deviation of the grain on it, in grey levels
     grain_offset: tuple[int, int]  # where its grain is cut from the shared grain texture
@@ -57,7 +57,7 @@ class ScenePlan:
     pan: int
     flip: bool
     entities: tuple[PlannedEntity, ...]  # back to front
-    effects: "_Effects"
+    effects: _Effects
 
     @property
     def labels(self) -> tuple[str, ...]:

@@ -7,8 +7,8 @@ import io
 import logging
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter

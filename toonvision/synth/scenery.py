@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -229,7 +230,7 @@ def _draw_ground(draw: ImageDraw.ImageDraw, rng: _Rand, st: _Style, width: int, 
             step = 2 + 0.07 * (y - top) + 3 * unit
             y += step * (0.9 if kind == "cobble" else 1.6)
         rows.append(float(height))
-        for r, (y0, y1) in enumerate(zip(rows, rows[1:])):
+        for r, (y0, y1) in enumerate(itertools.pairwise(rows)):
             c = y1 - y0
             if kind == "cobble":
                 x = -float(rng.uniform(0, c * 1.6))
@@ -246,7 +247,7 @@ def _draw_ground(draw: ImageDraw.ImageDraw, rng: _Rand, st: _Style, width: int, 
                     draw.line((jx, y0, jx, y1), fill=_shade(ground, 0.65), width=max(1, round(unit)))
             else:
                 a, b = (y0 - top) / (height - top), (y1 - top) / (height - top)
-                for k, (c0, c1) in enumerate(zip(columns, columns[1:])):
+                for k, (c0, c1) in enumerate(itertools.pairwise(columns)):
                     if (k + r) % 2:
                         continue
                     quad = [(vanish + (c0 - vanish) * a, y0), (vanish + (c1 - vanish) * a, y0),

@@ -266,7 +266,7 @@ def _random_color(rng: np.random.Generator) -> RGB:
 
 def _jitter(rng: _Draws, color: RGB, amount: int) -> RGB:
     shift = rng.integers(-amount, amount + 1, 3)
-    return tuple(int(min(255, max(0, c + s))) for c, s in zip(color, shift))  # type: ignore[return-value]
+    return tuple(int(min(255, max(0, c + s))) for c, s in zip(color, shift, strict=True))  # type: ignore[return-value]
 
 
 def _shade(color: RGB, factor: float) -> RGB:
@@ -275,4 +275,4 @@ def _shade(color: RGB, factor: float) -> RGB:
 
 
 def _mix(a: RGB, b: RGB, t: float) -> RGB:
-    return tuple(round(x + (y - x) * t) for x, y in zip(a, b))  # type: ignore[return-value]
+    return tuple(round(x + (y - x) * t) for x, y in zip(a, b, strict=True))  # type: ignore[return-value]

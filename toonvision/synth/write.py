@@ -9,10 +9,11 @@ import fcntl
 import logging
 import multiprocessing
 import os
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -187,7 +188,10 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 
 
 def _remove_stale_temp_files(out_dir: Path) -> None:
-    """Temp files of a synth that was killed mid-write (fsutil names them ``.<name>.<random>.tmp``)."""
+    """Temp files of a synth that was killed mid-write: fsutil names them ``.<name>.<writer pid>.<random>.tmp``.
+
+    Every ``.synth_*.tmp`` here is stale whatever its pid, as this run holds the folder lock.
+    """
     for stale in out_dir.glob(f".{NAME_PREFIX}_*.tmp"):
         with contextlib.suppress(OSError):
             stale.unlink()
@@ -224,7 +228,7 @@ class _Runner:
         if self._pool is not None:
             self._pool.submit(int).result()  # fork the workers now, before a progress bar starts a thread
 
-    def __enter__(self) -> "_Runner":
+    def __enter__(self) -> _Runner:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -239,7 +243,7 @@ class _Runner:
             return
         chunk = max(1, min(16, len(indices) // 32))
         results = self._pool.map(fn, [out_dir] * len(indices), [config] * len(indices), indices, chunksize=chunk)
-        yield from zip(indices, results)
+        yield from zip(indices, results, strict=True)
 
 
 def _progress(enabled: bool, total: int, what: str):  # type: ignore[no-untyped-def]
