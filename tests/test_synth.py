@@ -103,6 +103,19 @@ def test_rendered_pixels_match_the_recorded_fingerprints():
         f'    "{name}": "{value}",\n' for name, value in actual.items())
 
 
+def test_the_package_keeps_the_names_of_the_old_module():
+    """cli, demo, bench and fuzz import these from ``toonvision.synth``, whichever submodule holds them."""
+    from toonvision import synth
+
+    names = ("COG_LABELS", "DEFAULT_COUNT", "DEFAULT_ENTITIES", "DEFAULT_SIZE", "DEFAULT_TOON_SHARE",
+             "DEFAULT_WEIGHTS", "LABELS", "MAX_ENTITIES", "MAX_SIZE", "MIN_SIZE", "NAME_PREFIX",
+             "PARALLEL_MIN_SCENES", "RGB", "TOON_LABELS", "PlannedEntity", "Scene", "ScenePlan", "SynthConfig",
+             "SynthResult", "encode_png", "parse_size", "plan_scene", "render_plan", "render_scene", "scene_name",
+             "synthesize", "with_weights", "_backdrop", "_backdrop_width", "_BACKGROUND_VARIANTS", "_STYLE_NAMES")
+    assert [name for name in names if not hasattr(synth, name)] == []
+    assert synth.parse_size("800x600") == (800, 600)
+
+
 def test_same_seed_same_bytes_and_other_seeds_differ():
     first = [png_bytes(SMALL, i) for i in range(3)]
     assert first == [png_bytes(SMALL, i) for i in range(3)]

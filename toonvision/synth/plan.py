@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 _PLACEMENT_TRIES = 40
 _MAX_OCCLUDED = 0.35  # at most this share of a box may lie behind boxes in front of it
-_GRAIN_MARGIN = 64
+_GRAIN_MARGIN = 64  # each entity's grain starts this far, at most, into the shared grain texture
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,17 @@ class PlannedEntity:
 
 
 @dataclass(frozen=True)
+class _Effects:
+    """Whole-frame camera effects: lighting and JPEG compression (entities get their own blur and grain)."""
+
+    gains: tuple[float, float, float]
+    gamma: float
+    shade: float  # strength of the side light on entities
+    light_from_left: bool
+    jpeg_quality: int  # 0 = no JPEG round trip
+
+
+@dataclass(frozen=True)
 class ScenePlan:
     """Every random choice of one scene; :func:`render_plan` turns it into pixels."""
 
@@ -62,17 +73,6 @@ class ScenePlan:
     @property
     def labels(self) -> tuple[str, ...]:
         return tuple(entity.label for entity in self.entities)
-
-
-@dataclass(frozen=True)
-class _Effects:
-    """Whole-frame camera effects: lighting and JPEG compression (entities get their own blur and grain)."""
-
-    gains: tuple[float, float, float]
-    gamma: float
-    shade: float  # strength of the side light on entities
-    light_from_left: bool
-    jpeg_quality: int  # 0 = no JPEG round trip
 
 
 def plan_scene(config: SynthConfig, index: int) -> ScenePlan:

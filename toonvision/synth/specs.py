@@ -1,4 +1,4 @@
-"""What each label looks like and how often it appears: the Cog table, Toon animals, label weights, palettes."""
+"""What each label looks like and how often it appears: the Cog table, the Toon head table, label weights, palettes."""
 
 from __future__ import annotations
 
