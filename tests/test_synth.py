@@ -116,6 +116,19 @@ def test_the_package_keeps_the_names_of_the_old_module():
     assert synth.parse_size("800x600") == (800, 600)
 
 
+@pytest.mark.parametrize("kwargs", [
+    {"kind": "blob", "points": ((0.0, 0.0, 0.5),)}, {"kind": "ellipse", "points": ()},
+    {"kind": "poly", "points": ((0.0, 0.0, 0.5),) * 3, "color": "purple"},
+    {"kind": "line", "points": ((0.0, 0.0, 0.5),) * 2, "at": "tail"},
+    {"kind": "line", "points": ((0.0, 0.0, 0.5),) * 2, "poses": ("upside down",)},
+])
+def test_a_toon_head_shape_with_unknown_parts_is_refused(kwargs):
+    from toonvision.synth.specs import _HeadShape
+
+    with pytest.raises(ValueError, match="head shape"):
+        _HeadShape(**kwargs)
+
+
 def test_same_seed_same_bytes_and_other_seeds_differ():
     first = [png_bytes(SMALL, i) for i in range(3)]
     assert first == [png_bytes(SMALL, i) for i in range(3)]

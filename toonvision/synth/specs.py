@@ -131,6 +131,14 @@ class _HeadShape:
     outline: bool = True
     poses: tuple[str, ...] = _POSES  # drawn in these poses only
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("ellipse", "poly", "line") or self.at not in ("head", "muzzle"):
+            raise ValueError(f"head shape: unknown kind {self.kind!r} or anchor {self.at!r}")
+        if (self.kind == "ellipse") != (len(self.points) == 1) or not set(self.poses) <= set(_POSES):
+            raise ValueError(f"head shape: an ellipse has one point (its centre), others more; poses {_POSES}")
+        if isinstance(self.color, str) and self.color not in ("fur", "dark", "light", "pink"):
+            raise ValueError(f"head shape: unknown shade {self.color!r}")
+
 
 def _ellipse(x: float, y: float, radii: tuple[float, float], color: str | RGB = "fur", **more: Any) -> _HeadShape:
     return _HeadShape("ellipse", ((0.0, 0.0, y),), color, x=x, radii=radii, **more)
