@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import math
@@ -22,7 +23,14 @@ from toonvision.cli import main
 from toonvision.errors import UsageError
 from toonvision.labels import read_classes_file
 from toonvision.synth import (
-    DEFAULT_TOON_SHARE, LABELS, SynthConfig, encode_png, plan_scene, render_scene, scene_name, synthesize,
+    DEFAULT_TOON_SHARE,
+    LABELS,
+    SynthConfig,
+    encode_png,
+    plan_scene,
+    render_scene,
+    scene_name,
+    synthesize,
     with_weights,
 )
 from toonvision.voc import load_annotation
@@ -41,6 +49,84 @@ def files(folder: Path) -> dict[str, bytes]:
 
 def test_the_labels_are_the_43_of_the_original_classes_file(samples):
     assert LABELS == read_classes_file(samples / "predefined_classes.txt")
+
+
+# SHA-256 of the rendered pixels, boxes and nametags of fixed scenes, recorded with the code as it was before
+# synth became a package (and before _draw_toon_head became a table). They pin every pixel: a refactor must
+# leave them as they are. A DELIBERATE drawing change (or a Pillow/libjpeg/FreeType upgrade that renders
+# differently) updates them: run this test, check the new pictures by eye, and paste the values it prints.
+GOLDEN_SCENES = {
+    "seed 0": "452eb0162ac1364657f28a86d5b6c3db9ddac83ab76f930421e667136f3ff70f",
+    "seed 1": "59e516d7d602ef510829494661d99885e3d054ad3030ceabd3c0ebbe9d54005d",
+    "seed 2": "293b10c1cb9888ea89edcd884d94269ce0da592df6861d5f3d6297336b1e32ca",
+    "seed 3": "e971764847fd1e21947f88434a7fc822add4517da9908ba8565e36d582e82719",
+    "toon_bear": "a7b2c6429b58e373f500dbcd15e339f4a95d8b2e78717d66d277d1bff23c8b08",
+    "toon_cat": "e45a7ddd7167d9958a9cfb2a20b5e7caf7f67ac665ff1acf6426b3254af9ba7e",
+    "toon_crocodile": "b4b6dfba560ee33e738b63251e58ace9e6fbe36bf10a5b043094e911b598ac02",
+    "toon_deer": "70abc6ca5d39ff873a17e4096bff66a617c23ee606af73fcff22e52b54242a76",
+    "toon_dog": "9ec15b2486bcd5ee666f895825121222e17854c02f58b27f47fa433d8d8d29f9",
+    "toon_duck": "091d5cf7f623be2a9518250be86f3aa71df61c7c4872709c3b7a5ce3f0b75e30",
+    "toon_horse": "2af43cdb56961ddbfc1180403a63181ac27e8e395b7d47743b81276321bc9870",
+    "toon_monkey": "889b7908477c04bf61c1f55cddb1cff1fc0b4e62f6cbc8574c1c9606a6998113",
+    "toon_mouse": "fbccbefcf8bebfcf11b21f601128f85dafd77b1b198e50cbe8395f4f8a53926f",
+    "toon_pig": "1c3cef60d5102bddaaa87c44d0f11758a2d273256a5ecb939c89c1066c5c57fc",
+    "toon_rabbit": "17ead52c2ae9d59f90cc1455f9799c47fa7caa107d97eafc53b73e6de2a367e3",
+}
+
+
+def golden_configs() -> dict[str, tuple[SynthConfig, int]]:
+    """Four seeds at the default size, and every animal forced (all poses, both mirrorings) at 400x300."""
+    configs = {f"seed {seed}": (SynthConfig(seed=seed), 20) for seed in range(4)}
+    for label in LABELS:
+        if label.startswith("toon_"):
+            only = with_weights(SynthConfig(seed=5, size=(400, 300), toon_share=1.0, entities=(3, 6)),
+                                [("*", 0), (label, 1)])
+            configs[label] = (only, 8)
+    return configs
+
+
+def scenes_fingerprint(config: SynthConfig, count: int) -> str:
+    digest = hashlib.sha256()
+    for i in range(count):
+        scene = render_scene(config, i)
+        digest.update(np.asarray(scene.image).tobytes())
+        boxes = [(o.name, o.box.xmin, o.box.ymin, o.box.xmax, o.box.ymax) for o in scene.annotation.objects]
+        tags = [(t.xmin, t.ymin, t.xmax, t.ymax) for t in scene.nametags]
+        digest.update(repr((boxes, tags)).encode())
+    return digest.hexdigest()
+
+
+def test_rendered_pixels_match_the_recorded_fingerprints():
+    actual = {name: scenes_fingerprint(config, count) for name, (config, count) in golden_configs().items()}
+    changed = {name: value for name, value in actual.items() if GOLDEN_SCENES.get(name) != value}
+    assert not changed, "the drawing changed; if on purpose, update GOLDEN_SCENES:\n" + "".join(
+        f'    "{name}": "{value}",\n' for name, value in actual.items())
+
+
+def test_the_package_keeps_the_names_of_the_old_module():
+    """cli, demo, bench and fuzz import these from ``toonvision.synth``, whichever submodule holds them."""
+    from toonvision import synth
+
+    names = ("COG_LABELS", "DEFAULT_COUNT", "DEFAULT_ENTITIES", "DEFAULT_SIZE", "DEFAULT_TOON_SHARE",
+             "DEFAULT_WEIGHTS", "LABELS", "MAX_ENTITIES", "MAX_SIZE", "MIN_SIZE", "NAME_PREFIX",
+             "PARALLEL_MIN_SCENES", "RGB", "TOON_LABELS", "PlannedEntity", "Scene", "ScenePlan", "SynthConfig",
+             "SynthResult", "encode_png", "parse_size", "plan_scene", "render_plan", "render_scene", "scene_name",
+             "synthesize", "with_weights", "_backdrop", "_backdrop_width", "_BACKGROUND_VARIANTS", "_STYLE_NAMES")
+    assert [name for name in names if not hasattr(synth, name)] == []
+    assert synth.parse_size("800x600") == (800, 600)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"kind": "blob", "points": ((0.0, 0.0, 0.5),)}, {"kind": "ellipse", "points": ()},
+    {"kind": "poly", "points": ((0.0, 0.0, 0.5),) * 3, "color": "purple"},
+    {"kind": "line", "points": ((0.0, 0.0, 0.5),) * 2, "at": "tail"},
+    {"kind": "line", "points": ((0.0, 0.0, 0.5),) * 2, "poses": ("upside down",)},
+])
+def test_a_toon_head_shape_with_unknown_parts_is_refused(kwargs):
+    from toonvision.synth.specs import _HeadShape
+
+    with pytest.raises(ValueError, match="head shape"):
+        _HeadShape(**kwargs)
 
 
 def test_same_seed_same_bytes_and_other_seeds_differ():

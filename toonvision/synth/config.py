@@ -1,0 +1,111 @@
+"""What to synthesise: :class:`SynthConfig` with its checks, label weight overrides, ``--size`` and file names."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from toonvision.errors import UsageError
+from toonvision.synth.specs import COG_LABELS, DEFAULT_WEIGHTS, LABELS, TOON_LABELS
+
+DEFAULT_COUNT = 100
+DEFAULT_SIZE = (800, 600)  # width, height: the original screenshots' size
+DEFAULT_ENTITIES = (1, 6)  # Cogs and Toons per scene, inclusive
+DEFAULT_TOON_SHARE = 148 / 674  # the original dataset: 526 Cogs and 148 Toons
+MIN_SIZE = (64, 48)
+MAX_SIZE = (4096, 4096)
+MAX_ENTITIES = 40
+NAME_PREFIX = "synth"
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What to synthesise. ``weights`` are relative within each group; ``toon_share`` splits the groups."""
+
+    count: int = DEFAULT_COUNT
+    seed: int = 0
+    size: tuple[int, int] = DEFAULT_SIZE
+    toon_share: float = DEFAULT_TOON_SHARE
+    weights: tuple[tuple[str, float], ...] = DEFAULT_WEIGHTS
+    entities: tuple[int, int] = DEFAULT_ENTITIES
+
+    def __post_init__(self) -> None:
+        def bad(what: str, received: object, allowed: str) -> UsageError:
+            return UsageError(f"synth: {what} is {received!r}; {allowed}")
+
+        if not isinstance(self.count, int) or self.count < 1:
+            raise bad("count", self.count, "use a whole number of screenshots, at least 1")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise bad("seed", self.seed, "use a whole number 0 or above")
+        width, height = self.size
+        if not (MIN_SIZE[0] <= width <= MAX_SIZE[0] and MIN_SIZE[1] <= height <= MAX_SIZE[1]):
+            raise bad("size", f"{width}x{height}", f"use {MIN_SIZE[0]}x{MIN_SIZE[1]} up to "
+                      f"{MAX_SIZE[0]}x{MAX_SIZE[1]}")
+        low, high = self.entities
+        if not 1 <= low <= high <= MAX_ENTITIES:
+            raise bad("entities per scene", f"{low}..{high}", f"use 1 <= min <= max <= {MAX_ENTITIES}")
+        if not 0.0 <= self.toon_share <= 1.0:
+            raise bad("toon share", self.toon_share, "use a fraction from 0 (only Cogs) to 1 (only Toons)")
+        weights = dict(self.weights)
+        unknown = sorted(set(weights) - set(LABELS))
+        if unknown:
+            raise bad("weights", unknown[0], f"synth draws only the {len(LABELS)} ToonVision labels, "
+                      "such as cog_bb_flunky and toon_cat")
+        if any(not math.isfinite(w) or w < 0 for w in weights.values()):
+            raise bad("weights", self.weights, "use weights of 0 or more")
+        groups = (("Cog", COG_LABELS, 1 - self.toon_share), ("Toon", TOON_LABELS, self.toon_share))
+        for group, labels, share in groups:
+            if share > 0 and not any(weights.get(label, 0) > 0 for label in labels):
+                raise bad(f"{group} weights", "all 0", f"give some {group} a weight above 0, or set the "
+                          f"toon share to {0 if group == 'Toon' else 1}")
+
+    @property
+    def width(self) -> int:
+        return self.size[0]
+
+    @property
+    def height(self) -> int:
+        return self.size[1]
+
+    def probabilities(self) -> dict[str, float]:
+        """The chance of each label per entity, in LABELS order (labels of weight 0 left out)."""
+        weights = dict(self.weights)
+        result: dict[str, float] = {}
+        for labels, share in ((COG_LABELS, 1 - self.toon_share), (TOON_LABELS, self.toon_share)):
+            total = sum(weights.get(label, 0.0) for label in labels)
+            for label in labels:
+                if share > 0 and weights.get(label, 0.0) > 0:
+                    result[label] = share * weights[label] / total
+        return result
+
+
+def with_weights(config: SynthConfig, overrides: Sequence[tuple[str, float]]) -> SynthConfig:
+    """Set the weight of every label matching each glob pattern (``cog_lb_*``, ``toon_horse``), in order."""
+    weights = dict(config.weights)
+    for pattern, weight in overrides:
+        matched = fnmatch.filter(LABELS, pattern.strip().lower())
+        if not matched:
+            raise UsageError(f"synth: weight pattern {pattern!r} matches none of the {len(LABELS)} ToonVision "
+                             "labels; use a label such as toon_horse or a pattern such as 'cog_lb_*'")
+        for label in matched:
+            weights[label] = weight
+    return dataclasses.replace(config, weights=tuple((label, weights.get(label, 0.0)) for label in LABELS))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"800x600"`` -> (800, 600); ValueError with the reason otherwise."""
+    parts = text.strip().lower().split("x")
+    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+        raise ValueError(f"{text!r} is not WIDTHxHEIGHT, e.g. 800x600")
+    width, height = (int(part) for part in parts)
+    if not (MIN_SIZE[0] <= width <= MAX_SIZE[0] and MIN_SIZE[1] <= height <= MAX_SIZE[1]):
+        raise ValueError(f"{width}x{height} is outside {MIN_SIZE[0]}x{MIN_SIZE[1]} .. {MAX_SIZE[0]}x{MAX_SIZE[1]}")
+    return width, height
+
+
+def scene_name(seed: int, index: int) -> str:
+    """File stem of scene ``index`` of ``seed``: ``synth_<seed>_<index>``."""
+    return f"{NAME_PREFIX}_{seed}_{index:06d}"
