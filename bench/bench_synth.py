@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from toonvision import synth  # noqa: E402
+from toonvision.constants import DEFAULT_SYNTH_SIZE, parse_hw  # noqa: E402
 
 
 class Timer:
@@ -43,15 +44,15 @@ def line(what: str, n: int, timer: Timer, unit: str = "screenshots") -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200)
-    parser.add_argument("--size", default="800x600")
+    parser.add_argument("--size", default=DEFAULT_SYNTH_SIZE.as_text(), help="HEIGHTxWIDTH")
     parser.add_argument("--workdir", type=Path, help="where to write (default: a temp folder, removed after)")
     args = parser.parse_args()
-    size = synth.parse_size(args.size)
+    size = parse_hw(args.size)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     workdir = Path(tempfile.mkdtemp(prefix="bench_synth_", dir=args.workdir))
     print(f"python {platform.python_version()}, {platform.machine()}, one core; {args.count} screenshots of "
-          f"{size[0]}x{size[1]} in {workdir}")
+          f"{size.as_text()} (HxW) in {workdir}")
     try:
         config = synth.SynthConfig(count=args.count, seed=1, size=size)
         with Timer() as cold:

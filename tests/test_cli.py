@@ -86,8 +86,7 @@ def test_synth_defaults_are_synth_configs() -> None:
     from toonvision.synth import SynthConfig
 
     config, params = SynthConfig(), parsed("synth")
-    assert (params["count"], params["seed"], (params["size"].width, params["size"].height)) == (
-        config.count, config.seed, config.size)
+    assert (params["count"], params["seed"], params["size"]) == (config.count, config.seed, config.size)
     assert constants.DEFAULT_TOON_SHARE == config.toon_share
 
 
@@ -148,6 +147,6 @@ def test_library_names_agree_with_the_shared_ones() -> None:
     for module, name, shared in copies:
         if hasattr(module, name):
             assert getattr(module, name) == shared, f"{module.__name__}.{name}"
-    assert tuple(synth.SynthConfig().size) == (DEFAULT_SYNTH_SIZE.width, DEFAULT_SYNTH_SIZE.height)
+    assert synth.SynthConfig().size == DEFAULT_SYNTH_SIZE
     assert constants.IMAGE_SUFFIXES == constants.PIL_IMAGE_SUFFIXES
     assert set(constants.KERAS_IMAGE_SUFFIXES) < set(constants.PIL_IMAGE_SUFFIXES)

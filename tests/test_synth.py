@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from toonvision.cli import main
+from toonvision.constants import HW
 from toonvision.errors import UsageError
 from toonvision.labels import read_classes_file
 from toonvision.synth import (
@@ -36,7 +37,7 @@ from toonvision.synth import (
 from toonvision.voc import load_annotation
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = SynthConfig(count=4, seed=3, size=(320, 240))
+SMALL = SynthConfig(count=4, seed=3, size=HW(240, 320))
 
 
 def png_bytes(config: SynthConfig, index: int) -> bytes:
@@ -75,11 +76,11 @@ GOLDEN_SCENES = {
 
 
 def golden_configs() -> dict[str, tuple[SynthConfig, int]]:
-    """Four seeds at the default size, and every animal forced (all poses, both mirrorings) at 400x300."""
+    """Four seeds at the default size, and every animal forced (all poses, both mirrorings) at 300x400 (HxW)."""
     configs = {f"seed {seed}": (SynthConfig(seed=seed), 20) for seed in range(4)}
     for label in LABELS:
         if label.startswith("toon_"):
-            only = with_weights(SynthConfig(seed=5, size=(400, 300), toon_share=1.0, entities=(3, 6)),
+            only = with_weights(SynthConfig(seed=5, size=HW(300, 400), toon_share=1.0, entities=(3, 6)),
                                 [("*", 0), (label, 1)])
             configs[label] = (only, 8)
     return configs
@@ -110,10 +111,9 @@ def test_the_package_keeps_the_names_of_the_old_module():
     names = ("COG_LABELS", "DEFAULT_COUNT", "DEFAULT_ENTITIES", "DEFAULT_SIZE", "DEFAULT_TOON_SHARE",
              "DEFAULT_WEIGHTS", "LABELS", "MAX_ENTITIES", "MAX_SIZE", "MIN_SIZE", "NAME_PREFIX",
              "PARALLEL_MIN_SCENES", "RGB", "TOON_LABELS", "PlannedEntity", "Scene", "ScenePlan", "SynthConfig",
-             "SynthResult", "encode_png", "parse_size", "plan_scene", "render_plan", "render_scene", "scene_name",
+             "SynthResult", "encode_png", "plan_scene", "render_plan", "render_scene", "scene_name",
              "synthesize", "with_weights", "_backdrop", "_backdrop_width", "_BACKGROUND_VARIANTS", "_STYLE_NAMES")
     assert [name for name in names if not hasattr(synth, name)] == []
-    assert synth.parse_size("800x600") == (800, 600)
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -133,7 +133,7 @@ def test_same_seed_same_bytes_and_other_seeds_differ():
     first = [png_bytes(SMALL, i) for i in range(3)]
     assert first == [png_bytes(SMALL, i) for i in range(3)]
     assert len(set(first)) == 3, "every scene of a seed is a different street"
-    other = SynthConfig(count=4, seed=4, size=(320, 240))
+    other = SynthConfig(count=4, seed=4, size=HW(240, 320))
     assert all(png_bytes(other, i) != first[i] for i in range(3))
 
 
@@ -170,7 +170,7 @@ def test_files_are_labelimg_xml_that_round_trips_without_warnings(tmp_path):
 
 
 def test_boxes_are_inside_the_image_and_clear_of_every_nametag():
-    config = SynthConfig(seed=11, size=(320, 240), entities=(3, 8))
+    config = SynthConfig(seed=11, size=HW(240, 320), entities=(3, 8))
     checked = 0
     for i in range(12):
         scene = render_scene(config, i)
@@ -196,7 +196,7 @@ def sample_labels(config: SynthConfig, scenes: int) -> Counter:
 
 
 def test_default_frequencies_follow_the_original_dataset_within_4_standard_errors():
-    counts = sample_labels(SynthConfig(seed=5, size=(320, 240)), 300)
+    counts = sample_labels(SynthConfig(seed=5, size=HW(240, 320)), 300)
     n = sum(counts.values())
     assert n >= 900
     expected = SynthConfig().probabilities()
@@ -217,13 +217,13 @@ def test_default_frequencies_follow_the_original_dataset_within_4_standard_error
     ([], 0.0, lambda label: label.startswith("cog_")),
 ])
 def test_weights_and_toon_share_choose_the_labels(overrides, toon_share, allowed):
-    config = with_weights(SynthConfig(seed=2, size=(320, 240), toon_share=toon_share), overrides)
+    config = with_weights(SynthConfig(seed=2, size=HW(240, 320), toon_share=toon_share), overrides)
     counts = sample_labels(config, 40)
     assert counts and all(allowed(label) for label in counts)
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"count": 0}, {"seed": -1}, {"size": (10, 10)}, {"size": (5000, 600)}, {"toon_share": 1.5},
+    {"count": 0}, {"seed": -1}, {"size": HW(10, 10)}, {"size": HW(600, 5000)}, {"size": (600, 800)}, {"toon_share": 1.5},
     {"entities": (3, 2)}, {"weights": (("toon_unicorn", 1.0),)}, {"weights": (("toon_cat", -1.0),)},
     {"toon_share": 1.0, "weights": tuple((label, 0.0) for label in LABELS)},
 ])
@@ -234,7 +234,7 @@ def test_bad_settings_are_refused_with_a_reason(kwargs):
 
 def test_suits_differ_in_colour_and_cogs_from_toons():
     """What a model must learn is in the pixels: the suit colour at the torso tells the suit apart."""
-    config = SynthConfig(seed=8, size=(320, 240), toon_share=0.25, entities=(3, 6))
+    config = SynthConfig(seed=8, size=HW(240, 320), toon_share=0.25, entities=(3, 6))
     torsos: dict[str, list[np.ndarray]] = {}
     for i in range(25):
         scene = render_scene(config, i)
@@ -269,7 +269,7 @@ def test_files_that_differ_are_a_conflict_unless_overwrite(tmp_path):
     synthesize(out, SMALL, workers=1)
     (out / "mine.png").write_bytes(b"not synth's")
     before = files(out)
-    bigger = SynthConfig(count=5, seed=3, size=(400, 300))
+    bigger = SynthConfig(count=5, seed=3, size=HW(300, 400))
     with pytest.raises(UsageError, match="already exist and differ.*nothing was written.*--overwrite"):
         synthesize(out, bigger, workers=1)
     assert files(out) == before
@@ -281,7 +281,7 @@ def test_files_that_differ_are_a_conflict_unless_overwrite(tmp_path):
 
 
 def test_parallel_workers_write_the_same_files(tmp_path):
-    config = SynthConfig(count=6, seed=1, size=(160, 120))
+    config = SynthConfig(count=6, seed=1, size=HW(120, 160))
     synthesize(tmp_path / "a" / "shots", config, workers=1)
     synthesize(tmp_path / "b" / "shots", config, workers=2)
     one, two = files(tmp_path / "a" / "shots"), files(tmp_path / "b" / "shots")
@@ -296,8 +296,9 @@ def test_parallel_workers_write_the_same_files(tmp_path):
 KILLABLE = """
 import sys
 from pathlib import Path
+from toonvision.constants import HW
 from toonvision.synth import SynthConfig, synthesize
-synthesize(Path(sys.argv[1]), SynthConfig(count=100, seed=9, size=(160, 120)), workers=1)
+synthesize(Path(sys.argv[1]), SynthConfig(count=100, seed=9, size=HW(120, 160)), workers=1)
 """
 
 
@@ -315,11 +316,11 @@ def test_a_killed_synth_leaves_whole_files_and_a_rerun_finishes_the_job(tmp_path
     for png in out.glob("*.png"):
         with Image.open(png) as image:
             image.load()  # every PNG there is whole
-    result = synthesize(out, SynthConfig(count=100, seed=9, size=(160, 120)), workers=1)
+    result = synthesize(out, SynthConfig(count=100, seed=9, size=HW(120, 160)), workers=1)
     assert result.present >= 5 and result.screenshots == 100
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{scene_name(9, i)}{suffix}" for i in range(100) for suffix in (".png", ".xml"))
-    config = SynthConfig(count=100, seed=9, size=(160, 120))
+    config = SynthConfig(count=100, seed=9, size=HW(120, 160))
     for i in (0, 4, 99):
         assert (out / f"{scene_name(9, i)}.png").read_bytes() == png_bytes(config, i)
 

@@ -358,12 +358,12 @@ def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, see
 
 
 def _parse_synth_size(ctx: click.Context, param: click.Parameter, value: str) -> HW:
-    from toonvision.synth import MAX_SIZE, MIN_SIZE  # (width, height); loads with the command: start-up time
+    from toonvision.synth import MAX_SIZE, MIN_SIZE  # loads with the command: start-up time
 
     size = _parse_hw(value)
-    if not (MIN_SIZE[1] <= size.height <= MAX_SIZE[1] and MIN_SIZE[0] <= size.width <= MAX_SIZE[0]):
-        raise click.BadParameter(f"{size.as_text()} is outside {HW(MIN_SIZE[1], MIN_SIZE[0]).as_text()} .. "
-                                 f"{HW(MAX_SIZE[1], MAX_SIZE[0]).as_text()} (HEIGHTxWIDTH)")
+    if not (MIN_SIZE.height <= size.height <= MAX_SIZE.height and MIN_SIZE.width <= size.width <= MAX_SIZE.width):
+        raise click.BadParameter(f"{size.as_text()} is outside {MIN_SIZE.as_text()} .. {MAX_SIZE.as_text()} "
+                                 "(HEIGHTxWIDTH)")
     return size
 
 
@@ -403,7 +403,7 @@ def synth(ctx: _Context, out: Path | None, count: int, seed: int, size: HW, toon
     """Draw synthetic ToonTown street screenshots with labelImg XML (demo and test data)."""
     from toonvision import synth as stage
 
-    config = stage.SynthConfig(count=count, seed=seed, size=(size.width, size.height),  # SynthConfig: (w, h)
+    config = stage.SynthConfig(count=count, seed=seed, size=size,
                                toon_share=DEFAULT_TOON_SHARE if toon_share is None else toon_share)
     config = stage.with_weights(config, weights)
     result = stage.synthesize(out or ctx.layout.screenshots, config, overwrite=overwrite, workers=workers,

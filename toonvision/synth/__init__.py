@@ -23,7 +23,7 @@ pixels, unless ``overwrite``.
 Modules, each depending only on those above it::
 
     specs    the Cog table, Toon animals, labels and their default weights, palettes
-    config   SynthConfig, weight overrides, parse_size, scene names
+    config   SynthConfig, weight overrides, scene names
     scenery  street styles and their cached, empty backdrops
     draw     what one Cog or Toon looks like and how it is drawn; the nametag font
     plan     plan_scene: every random choice of a scene, no pixels
@@ -31,17 +31,16 @@ Modules, each depending only on those above it::
     write    synthesize: workers, the folder lock, PNG + XML pairs written atomically
 """
 
+from toonvision.constants import DEFAULT_TOON_SHARE
 from toonvision.synth.config import (
     DEFAULT_COUNT,
     DEFAULT_ENTITIES,
     DEFAULT_SIZE,
-    DEFAULT_TOON_SHARE,
     MAX_ENTITIES,
     MAX_SIZE,
     MIN_SIZE,
     NAME_PREFIX,
     SynthConfig,
-    parse_size,
     scene_name,
     with_weights,
 )
@@ -57,6 +56,6 @@ from toonvision.synth.write import PARALLEL_MIN_SCENES, SynthResult, synthesize
 __all__ = [
     "COG_LABELS", "DEFAULT_COUNT", "DEFAULT_ENTITIES", "DEFAULT_SIZE", "DEFAULT_TOON_SHARE", "DEFAULT_WEIGHTS",
     "LABELS", "MAX_ENTITIES", "MAX_SIZE", "MIN_SIZE", "NAME_PREFIX", "PARALLEL_MIN_SCENES", "RGB", "TOON_LABELS",
-    "PlannedEntity", "Scene", "ScenePlan", "SynthConfig", "SynthResult", "encode_png", "parse_size", "plan_scene",
+    "PlannedEntity", "Scene", "ScenePlan", "SynthConfig", "SynthResult", "encode_png", "plan_scene",
     "render_plan", "render_scene", "scene_name", "synthesize", "with_weights",
 ]

@@ -1,4 +1,4 @@
-"""What to synthesise: :class:`SynthConfig` with its checks, label weight overrides, ``--size`` and file names."""
+"""What to synthesise: :class:`SynthConfig` with its checks, label weight overrides, and file names."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from toonvision.constants import DEFAULT_SYNTH_COUNT, DEFAULT_SYNTH_SIZE, DEFAULT_TOON_SHARE, HW
 from toonvision.errors import UsageError
 from toonvision.synth.specs import COG_LABELS, DEFAULT_WEIGHTS, LABELS, TOON_LABELS
 
-DEFAULT_COUNT = 100
-DEFAULT_SIZE = (800, 600)  # width, height: the original screenshots' size
+DEFAULT_COUNT = DEFAULT_SYNTH_COUNT
+DEFAULT_SIZE = DEFAULT_SYNTH_SIZE  # HW(600, 800): the original screenshots' size
 DEFAULT_ENTITIES = (1, 6)  # Cogs and Toons per scene, inclusive
-DEFAULT_TOON_SHARE = 148 / 674  # the original dataset: 526 Cogs and 148 Toons
-MIN_SIZE = (64, 48)
-MAX_SIZE = (4096, 4096)
+MIN_SIZE = HW(48, 64)
+MAX_SIZE = HW(4096, 4096)
 MAX_ENTITIES = 40
 NAME_PREFIX = "synth"
 
@@ -27,7 +27,7 @@ class SynthConfig:
 
     count: int = DEFAULT_COUNT
     seed: int = 0
-    size: tuple[int, int] = DEFAULT_SIZE
+    size: HW = DEFAULT_SIZE
     toon_share: float = DEFAULT_TOON_SHARE
     weights: tuple[tuple[str, float], ...] = DEFAULT_WEIGHTS
     entities: tuple[int, int] = DEFAULT_ENTITIES
@@ -40,10 +40,12 @@ class SynthConfig:
             raise bad("count", self.count, "use a whole number of screenshots, at least 1")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise bad("seed", self.seed, "use a whole number 0 or above")
-        width, height = self.size
-        if not (MIN_SIZE[0] <= width <= MAX_SIZE[0] and MIN_SIZE[1] <= height <= MAX_SIZE[1]):
-            raise bad("size", f"{width}x{height}", f"use {MIN_SIZE[0]}x{MIN_SIZE[1]} up to "
-                      f"{MAX_SIZE[0]}x{MAX_SIZE[1]}")
+        if not isinstance(self.size, HW):
+            raise bad("size", self.size, "give an HW(height, width), so the order cannot be mistaken")
+        if not (MIN_SIZE.height <= self.size.height <= MAX_SIZE.height
+                and MIN_SIZE.width <= self.size.width <= MAX_SIZE.width):
+            raise bad("size", self.size.as_text(), f"use {MIN_SIZE.as_text()} up to {MAX_SIZE.as_text()} "
+                      "(HEIGHTxWIDTH)")
         low, high = self.entities
         if not 1 <= low <= high <= MAX_ENTITIES:
             raise bad("entities per scene", f"{low}..{high}", f"use 1 <= min <= max <= {MAX_ENTITIES}")
@@ -64,11 +66,11 @@ class SynthConfig:
 
     @property
     def width(self) -> int:
-        return self.size[0]
+        return self.size.width
 
     @property
     def height(self) -> int:
-        return self.size[1]
+        return self.size.height
 
     def probabilities(self) -> dict[str, float]:
         """The chance of each label per entity, in LABELS order (labels of weight 0 left out)."""
@@ -94,16 +96,6 @@ def with_weights(config: SynthConfig, overrides: Sequence[tuple[str, float]]) ->
             weights[label] = weight
     return dataclasses.replace(config, weights=tuple((label, weights.get(label, 0.0)) for label in LABELS))
 
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"800x600"`` -> (800, 600); ValueError with the reason otherwise."""
-    parts = text.strip().lower().split("x")
-    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
-        raise ValueError(f"{text!r} is not WIDTHxHEIGHT, e.g. 800x600")
-    width, height = (int(part) for part in parts)
-    if not (MIN_SIZE[0] <= width <= MAX_SIZE[0] and MIN_SIZE[1] <= height <= MAX_SIZE[1]):
-        raise ValueError(f"{width}x{height} is outside {MIN_SIZE[0]}x{MIN_SIZE[1]} .. {MAX_SIZE[0]}x{MAX_SIZE[1]}")
-    return width, height
 
 
 def scene_name(seed: int, index: int) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from toonvision.constants import HW
 from toonvision.synth.config import SynthConfig, scene_name
 from toonvision.synth.draw import _CogLook, _font_size, _measure, _text_width, _ToonLook
 from toonvision.synth.scenery import _BACKGROUND_VARIANTS, _STYLE_NAMES, _backdrop_width, _horizon
@@ -62,7 +63,7 @@ class ScenePlan:
     """Every random choice of one scene; :func:`render_plan` turns it into pixels."""
 
     name: str
-    size: tuple[int, int]
+    size: HW
     style: str
     variant: int
     pan: int
@@ -78,7 +79,7 @@ class ScenePlan:
 def plan_scene(config: SynthConfig, index: int) -> ScenePlan:
     """Choose everything about scene ``index``: deterministic for (config, index), no pixels drawn."""
     rng = np.random.default_rng([config.seed, index])
-    width, height = config.size
+    height, width = config.size
     style = _STYLE_NAMES[int(rng.integers(len(_STYLE_NAMES)))]
     variant = int(rng.integers(_BACKGROUND_VARIANTS))
     backdrop_width = _backdrop_width(width)
@@ -102,7 +103,7 @@ def plan_scene(config: SynthConfig, index: int) -> ScenePlan:
     placed.sort(key=lambda e: e.foot)
     return ScenePlan(
         name=scene_name(config.seed, index),
-        size=(width, height),
+        size=config.size,
         style=style,
         variant=variant,
         pan=pan,

@@ -72,7 +72,7 @@ def render_scene(config: SynthConfig, index: int) -> Scene:
 
 def render_plan(plan: ScenePlan) -> Scene:
     """Draw a plan: backdrop, entities back to front with their shadows, nametags, then the camera."""
-    width, height = plan.size
+    height, width = plan.size
     backdrop = _backdrop(plan.style, plan.variant, _backdrop_width(width), height, plan.flip)
     frame = backdrop.crop((plan.pan, 0, plan.pan + width, height))
     shadows = ImageDraw.Draw(frame, "RGBA")
