@@ -364,7 +364,7 @@ def test_killed_training_resumes_to_the_clean_state(tf_case, point):
         assert sha(out / "best.keras") == sha(old / "best.keras")
         assert sha(out / "best.json") == sha(old / "best.json")
     else:  # the run is committed; best.json is the earlier one until --resume finishes the promotion
-        from toonvision.evaluate import open_model
+        from toonvision.modelfile import open_model
 
         assert len(_ledger(layout)) == 1
         assert sha(out / "best.json") == sha(old / "best.json")

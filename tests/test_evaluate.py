@@ -1,4 +1,7 @@
-"""evaluate and predict: honest metrics on the model's own split, predictions aligned with files."""
+"""evaluate: honest metrics on the model's own split, predictions aligned with files.
+
+The model, pool and split builders here are shared with test_modelfile, test_predict and test_explain.
+"""
 
 from __future__ import annotations
 
@@ -17,20 +20,7 @@ keras = pytest.importorskip("keras")
 from conftest import voc_xml  # noqa: E402
 from toonvision.cli import main  # noqa: E402
 from toonvision.errors import ModelFileError, PoolError, UsageError  # noqa: E402
-from toonvision.evaluate import (  # noqa: E402
-    classification_metrics,
-    confusion_matrix,
-    decide,
-    evaluate,
-    format_predictions,
-    load_model,
-    log_loss,
-    open_model,
-    predict,
-    preprocess,
-    row_normalise,
-    worst_mistakes,
-)
+from toonvision.evaluate import evaluate  # noqa: E402
 from toonvision.layout import Layout  # noqa: E402
 from toonvision.manifest import CropRecord, save_manifest  # noqa: E402
 from toonvision.split import Assignment, SplitPlan, plan_to_dict, write_split  # noqa: E402
@@ -41,7 +31,7 @@ COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 CHANNEL = {"red": 0, "green": 1, "blue": 2}
 
 
-# -- helpers shared with test_explain and test_compare ------------------------------------------
+# -- helpers shared with test_modelfile, test_predict and test_explain ---------------------------
 
 
 def colour_image(colour: str, size: tuple[int, int] = CROP, seed: int = 0) -> Image.Image:
@@ -137,67 +127,6 @@ TWO = [
 ]
 
 
-# -- metrics ----------------------------------------------------------------------------------
-
-
-def test_metrics_equal_a_hand_computed_confusion_matrix():
-    y_true = [0, 0, 0, 0, 1, 1, 2, 2, 2]
-    y_pred = [0, 0, 1, 2, 1, 1, 2, 0, 1]
-    # actual 0: predicted 0,0,1,2; actual 1: 1,1; actual 2: 2,0,1
-    expected = [[2, 1, 1], [0, 2, 0], [1, 1, 1]]
-    assert confusion_matrix(y_true, y_pred, 3).tolist() == expected
-    m = classification_metrics(y_true, y_pred, ("a", "b", "c"))
-    assert m.confusion == tuple(map(tuple, expected))
-    assert m.accuracy == pytest.approx(5 / 9)
-    # precision: TP / column sum (3, 4, 2); recall: TP / row sum (4, 2, 3)
-    precision, recall = [2 / 3, 2 / 4, 1 / 2], [2 / 4, 2 / 2, 1 / 3]
-    f1 = [2 * p * r / (p + r) for p, r in zip(precision, recall)]
-    assert [s.precision for s in m.per_class] == pytest.approx(precision)
-    assert [s.recall for s in m.per_class] == pytest.approx(recall)
-    assert [s.f1 for s in m.per_class] == pytest.approx(f1)  # 4/7, 2/3, 2/5
-    assert [s.support for s in m.per_class] == [4, 2, 3]
-    assert (m.macro.precision, m.macro.recall, m.macro.f1) == pytest.approx((5 / 9, 11 / 18, np.mean(f1)))
-    weights = np.array([4, 2, 3]) / 9
-    assert m.weighted.precision == pytest.approx(31 / 54)
-    assert m.weighted.recall == pytest.approx(m.accuracy)  # always so
-    assert m.weighted.f1 == pytest.approx(float(np.dot(f1, weights)))
-    assert m.macro.support == m.weighted.support == 9
-    table = m.table({"a": "Apple"})
-    assert "a (Apple)" in table and "macro avg" in table and "weighted avg" in table
-
-
-@pytest.mark.parametrize(
-    "y_true, y_pred, classes, precision, recall, f1",
-    [
-        # class b never predicted: precision 0 (no division by zero), F1 0
-        ([0, 1, 1], [0, 0, 0], ("a", "b"), [1 / 3, 0.0], [1.0, 0.0], [0.5, 0.0]),
-        # perfect
-        ([0, 1, 2], [0, 1, 2], ("a", "b", "c"), [1.0] * 3, [1.0] * 3, [1.0] * 3),
-    ],
-)
-def test_per_class_scores_edge_cases(y_true, y_pred, classes, precision, recall, f1):
-    m = classification_metrics(y_true, y_pred, classes)
-    assert [s.precision for s in m.per_class] == pytest.approx(precision)
-    assert [s.recall for s in m.per_class] == pytest.approx(recall)
-    assert [s.f1 for s in m.per_class] == pytest.approx(f1)
-
-
-def test_row_normalise_and_worst_mistakes():
-    assert row_normalise([[2, 2], [0, 0]]).tolist() == [[0.5, 0.5], [0.0, 0.0]]
-    # wrong: indices 1 (0.9), 2 (0.6), 4 (0.9): most confident first, ties in file order
-    assert worst_mistakes([0, 0, 1, 1, 0], [0, 1, 0, 1, 1], [0.99, 0.9, 0.6, 0.8, 0.9], 10) == [1, 4, 2]
-    assert worst_mistakes([0, 0], [1, 1], [0.5, 0.7], 1) == [1]
-
-
-def test_binary_decision_and_loss_match_keras():
-    p = np.array([0.2, 0.5, 0.5000001, 0.9, 1.0], dtype="float32")
-    probabilities = np.stack([1 - p, p], axis=1)
-    indices, confidence = decide(probabilities)
-    assert indices.tolist() == (p > 0.5).astype(int).tolist()  # Keras' BinaryAccuracy threshold
-    assert confidence.tolist() == pytest.approx(np.maximum(p, 1 - p).tolist())
-    y = np.array([0, 1, 1, 0, 1])
-    keras_loss = float(keras.losses.BinaryCrossentropy()(y.reshape(-1, 1).astype("float32"), p.reshape(-1, 1)))
-    assert log_loss(y, probabilities) == pytest.approx(keras_loss, rel=1e-5)
 
 
 # -- evaluate ---------------------------------------------------------------------------------
@@ -267,92 +196,6 @@ def test_evaluate_cli_prints_the_report(tmp_path):
     assert (tmp_path / "ev" / "confusion_matrix.png").is_file()
 
 
-# -- predict ------------------------------------------------------------------------------------
-
-
-def test_predict_preprocesses_exactly_as_training_decodes(tmp_path):
-    import tensorflow as tf
-
-    from toonvision import datasets
-    from toonvision.images import load_image
-
-    path = tmp_path / "crop.png"
-    noise = np.random.default_rng(1).integers(0, 256, (37, 23, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(path)
-    ours = preprocess([load_image(path)], SIZE)[0]
-    training = datasets.decode_crop(tf.constant(str(path)), SIZE).numpy()
-    assert ours.dtype == np.float32 and ours.shape == (*SIZE, 3)
-    assert np.array_equal(ours, training)
-
-
-def test_predict_on_a_screenshot_returns_one_row_per_object_with_its_box(tmp_path):
-    shot = np.full((48, 64, 3), 128, dtype=np.uint8)
-    boxes = [("red", (2, 2, 14, 20), "red"), ("green", (20, 5, 34, 30), "green"), ("red", (40, 10, 60, 40), "blue")]
-    for _label, (x0, y0, x1, y1), colour in boxes:
-        shot[y0:y1, x0:x1] = COLOURS[colour]
-    Image.fromarray(shot).save(tmp_path / "shot.png")
-    (tmp_path / "shot.xml").write_text(voc_xml("shot.png", [(label, box) for label, box, _ in boxes]))
-    colour_image("blue").save(tmp_path / "crop.png")
-    model_file = tmp_path / "m.keras"
-    colour_model(("blue", "green", "red")).save(model_file)
-
-    result = predict(model_file, [tmp_path / "shot.png", tmp_path / "crop.png"], classes="blue,green,red")
-
-    rows = [(p.obj, p.box, p.label, p.predicted) for p in result.predictions]
-    assert rows == [
-        (0, (2, 2, 14, 20), "red", "red"), (1, (20, 5, 34, 30), "green", "green"), (2, (40, 10, 60, 40), "red", "blue"),
-        (None, None, None, "blue"),
-    ]
-    assert result.exit_code == 0
-    csv_text = result.format("csv").splitlines()
-    assert csv_text[0].split(",")[:9] == ["file", "object", "xmin", "ymin", "xmax", "ymax", "label", "predicted", "confidence"]
-    assert len(csv_text) == 5
-    data = json.loads(result.format("json"))
-    assert data["predictions"][2]["box"] == [40, 10, 60, 40]
-    assert set(data["predictions"][0]["probabilities"]) == {"blue", "green", "red"}
-    assert "shot.png" in result.format("table")
-    by_xml = predict(model_file, [tmp_path / "shot.xml", tmp_path / "shot.png"], classes="blue,green,red")
-    assert [p.box for p in by_xml.predictions] == [b for _, b, _ in boxes]  # the XML names its screenshot, once
-
-
-def test_predict_folder_of_real_screenshots_and_a_bad_file(tmp_path, samples):
-    model_file = tmp_path / "m.keras"
-    colour_model(("blue", "green", "red")).save(model_file)
-    folder = tmp_path / "in"
-    shutil.copytree(samples, folder)
-    (folder / "broken.png").write_bytes(b"not an image")
-    result = predict(model_file, [folder], classes="blue,green,red")
-    objects = sum(xml.read_text().count("<object>") for xml in samples.glob("*.xml"))
-    assert len([p for p in result.predictions if p.obj is not None]) == objects
-    assert any("broken.png" in p.file for p in result.problems)
-    assert result.exit_code == 1
-
-
-# -- model files ----------------------------------------------------------------------------------
-
-
-def test_hdf5_model_renamed_keras_loads_and_predicts(tmp_path):
-    model = keras.Sequential([
-        keras.Input((*SIZE, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4, activation="softmax"),
-    ])
-    model.save(tmp_path / "x.h5")
-    legacy = tmp_path / "toonvision_suit.keras"  # the original project's habit
-    (tmp_path / "x.h5").rename(legacy)
-    assert legacy.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
-
-    loaded = open_model(legacy, classes="bb,lb,cb,sb")
-    assert loaded.info.legacy and loaded.info.image_size == SIZE and loaded.info.classes == ("bb", "lb", "cb", "sb")
-    images = preprocess([colour_image("red"), colour_image("blue")], SIZE)
-    assert np.allclose(loaded.probabilities(images), model.predict(images, verbose=0), atol=1e-6)
-    colour_image("red").save(tmp_path / "c.png")
-    assert len(predict(legacy, [tmp_path / "c.png"], classes="bb,lb,cb,sb").predictions) == 1
-
-    with pytest.raises(UsageError, match="--classes"):
-        open_model(legacy)
-    with pytest.raises(ModelFileError, match="4 output units but 3 classes"):
-        open_model(legacy, classes="a,b,c")
-
 
 def test_a_model_without_best_json_is_scored_on_the_task_folder_with_a_warning(tmp_path, caplog, monkeypatch):
     import logging
@@ -376,52 +219,6 @@ def test_a_model_without_best_json_is_scored_on_the_task_folder_with_a_warning(t
     with pytest.raises(UsageError, match="--task"):
         evaluate(layout, legacy, classes="blue,green,red")
 
-
-def test_a_lambda_layer_is_refused_unless_unsafe(tmp_path):
-    inputs = keras.Input((*SIZE, 3))
-    x = keras.layers.Lambda(lambda t: t / 255.0)(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x)).save(tmp_path / "lam.keras")
-    with pytest.raises(ModelFileError, match="--unsafe"):
-        load_model(tmp_path / "lam.keras")
-    assert load_model(tmp_path / "lam.keras", unsafe=True).output_shape == (None, 1)
-    colour_image("red").save(tmp_path / "c.png")
-    refused = CliRunner().invoke(main, ["predict", str(tmp_path / "lam.keras"), str(tmp_path / "c.png"),
-                                        "--classes", "a,b"])
-    assert refused.exit_code == 1 and "--unsafe" in refused.output and "Traceback" not in refused.output
-    allowed = CliRunner().invoke(main, ["predict", str(tmp_path / "lam.keras"), str(tmp_path / "c.png"),
-                                        "--classes", "a,b", "--unsafe", "--format", "csv"])
-    assert allowed.exit_code == 0, allowed.output
-
-
-@pytest.mark.parametrize(
-    "make, message",
-    [
-        (lambda p: None, "no such model file"),
-        (lambda p: p.write_bytes(b"hello, not a model"), "not a Keras model"),
-        (lambda p: p.write_bytes(b"PK\x03\x04 truncated zip"), "cannot load"),
-    ],
-)
-def test_bad_model_files_are_clear_errors(tmp_path, make, message):
-    path = tmp_path / "best.keras"
-    make(path)
-    with pytest.raises(ModelFileError, match=message):
-        load_model(path)
-
-
-def test_model_and_best_json_that_disagree_are_refused(tmp_path):
-    layout, content = colour_pool(tmp_path / "img", TWO)
-    plan = hand_plan(TWO, content)
-    best = save_best(layout, colour_model(("blue", "green", "red")), plan)  # 3 outputs, 2 classes
-    with pytest.raises(ModelFileError, match="3 output units but 2 classes"):
-        open_model(best)
-    with pytest.raises(UsageError, match="disagrees"):
-        open_model(best, classes="red,green")
-
-
-def test_format_predictions_rejects_unknown_formats():
-    with pytest.raises(UsageError, match="--format"):
-        format_predictions([], ("a", "b"), "xml")
 
 
 # -- end to end with a real training ------------------------------------------------------------

@@ -15,7 +15,8 @@ from conftest import voc_xml  # noqa: E402
 from test_evaluate import COLOURS, SIZE, colour_image, colour_model  # noqa: E402
 from toonvision.cli import main  # noqa: E402
 from toonvision.errors import UsageError  # noqa: E402
-from toonvision.evaluate import LoadedModel, ModelInfo, preprocess  # noqa: E402
+from toonvision.modelfile import LoadedModel, ModelInfo  # noqa: E402
+from toonvision.predict import preprocess  # noqa: E402
 from toonvision.explain import explain, find_conv_layer, find_layer, gradcam, resize_heatmap  # noqa: E402
 from toonvision.models import build_model  # noqa: E402
 

@@ -18,10 +18,11 @@ from PIL import Image
 from conftest import noise_image, voc_xml, write_screenshot
 from toonvision.cli import main
 from toonvision.errors import AnnotationError, PoolLockedError
-from toonvision.extract import ExtractOptions, discover, extract, validate
+from toonvision.extract import ExtractOptions, Screenshot, discover, extract, read_screenshot, validate
 from toonvision.fsutil import locked
 from toonvision.layout import Layout
 from toonvision.manifest import load_manifest
+from toonvision.problems import Severity
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,6 +132,26 @@ def test_bad_inputs_are_reported_and_the_rest_processed(tmp_path, layout):
     assert crops == ["toon/toon_cat_0.png", "toon/toon_cow_0.png", "toon/toon_dog_0.png", "toon/toon_pig_0.png"]
     assert {p.name for p in layout.img_dir.rglob("*.png")} == {Path(c).name for c in crops}
     assert result.skipped_by_reason() == {"zero area": 2, "bad label": 3}
+
+
+def test_box_warnings_of_the_xml_are_told_once_per_object_and_the_others_passed_on(tmp_path):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    noise_image().save(folder / "s.png")
+    (folder / "s.xml").write_text(
+        "<annotation><filename>s.png</filename><size><width>64</width></size>"
+        "<object><name>toon_cat</name></object>"
+        "<object><name>toon_dog</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>x</xmax><ymax>9</ymax></bndbox></object>"
+        "</annotation>"
+    )
+    result = read_screenshot(Screenshot(folder / "s.png", folder / "s.xml", "s.png"))
+    xml = str(folder / "s.xml")
+    assert problems_of(result) == [
+        f"warning: {xml}: <size> is incomplete; the image's own size is used",
+        f"warning: {xml}: object 0: toon_cat: has no usable <bndbox>; skipped",
+        f"warning: {xml}: object 1: toon_dog: has no usable <bndbox>; skipped",
+    ]
+    assert all(p.severity is Severity.WARNING for p in result.problems) and not result.has_errors
 
 
 def test_decompression_bomb_is_one_files_error(tmp_path, layout):

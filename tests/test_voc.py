@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from toonvision.errors import AnnotationError
-from toonvision.voc import Annotation, Box, ImageSize, VocObject, format_annotation, load_annotation, parse_annotation
+from toonvision.voc import (
+    Annotation,
+    Box,
+    ImageSize,
+    VocObject,
+    WarningKind,
+    format_annotation,
+    load_annotation,
+    parse_annotation,
+)
 
 LABELIMG = """<annotation>
 \t<folder>raw</folder>
@@ -70,7 +79,17 @@ def test_verified_attribute_is_kept():
 def test_object_without_box_is_kept_with_a_warning():
     parsed = parse_annotation("<annotation><object><name>a</name></object></annotation>", "x.xml")
     assert parsed.annotation.objects[0].box is None
-    assert any("no <bndbox>" in w and "x.xml" in w for w in parsed.warnings)
+    assert any("no <bndbox>" in w.message and "x.xml" in w.message for w in parsed.warnings)
+    assert [w.kind for w in parsed.warnings] == [WarningKind.NO_BOX]
+
+
+def test_warnings_carry_a_kind_to_filter_on():
+    xml = ("<annotation><size><width>8</width></size><object><name>a</name>"
+           "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>x</xmax><ymax>4</ymax></bndbox></object></annotation>")
+    parsed = parse_annotation(xml, "x.xml")
+    assert [w.kind for w in parsed.warnings] == [WarningKind.INCOMPLETE_SIZE, WarningKind.BAD_BOX]
+    assert str(parsed.warnings[0]) == "x.xml: <size> is incomplete; the image's own size is used"
+    assert "lacks a numeric" in parsed.warnings[1].message
 
 
 XXE = """<?xml version="1.0"?>

@@ -122,7 +122,7 @@ pass_context = click.make_pass_decorator(_Context)
 def _echo_problems(ctx: _Context, problems) -> None:
     """Errors always; warnings unless --quiet."""
     for problem in problems:
-        if problem.severity == "error" or not ctx.quiet:
+        if problem.is_error or not ctx.quiet:
             click.echo(f"{problem.severity}: {problem.line()}", err=True)
 
 
@@ -487,7 +487,7 @@ def predict(ctx: _Context, model: Path, paths: tuple[Path, ...], fmt: str, class
             unsafe: bool) -> None:
     """Classify crops, folders of crops, or screenshots with VOC XML beside them (one row per object)."""
     _quiet_tensorflow(ctx)
-    from toonvision import evaluate as stage
+    from toonvision import predict as stage
 
     result = stage.predict(model, list(paths), classes=classes, unsafe=unsafe, batch_size=batch_size)
     _echo_problems(ctx, result.problems)

@@ -19,19 +19,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from toonvision import plots
 from toonvision.errors import ImageError, UsageError
-from toonvision.evaluate import InputImage, LoadedModel, collect_inputs, decide, open_model, preprocess
+from toonvision.metrics import decide
+from toonvision.modelfile import LoadedModel, open_model
+from toonvision.predict import InputImage, collect_inputs, preprocess
+from toonvision.problems import Problem, has_errors, without_source
 
 if TYPE_CHECKING:
     import keras
-
-    from toonvision.extract import Problem
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +68,11 @@ class ExplainResult:
     classes: tuple[str, ...]
     explanations: tuple[Explanation, ...]
     out: Path
-    problems: tuple["Problem", ...] = ()
+    problems: tuple[Problem, ...] = ()
 
     @property
     def exit_code(self) -> int:
-        return 1 if any(p.severity == "error" for p in self.problems) else 0
+        return 1 if has_errors(self.problems) else 0
 
     def summary(self) -> str:
         lines = [f"Grad-CAM of {self.model} at layer {self.layer}"]
@@ -90,7 +93,7 @@ def conv_layer_types() -> tuple[type, ...]:
     return (layers.Conv2D, layers.SeparableConv2D, layers.DepthwiseConv2D, layers.Conv2DTranspose)
 
 
-def find_conv_layer(model: "keras.Model") -> tuple[str, ...]:
+def find_conv_layer(model: keras.Model) -> tuple[str, ...]:
     """The path of names to the last 2D convolution, looking inside nested models (MobileNetV2's base)."""
     path = _last_conv(model)
     if path is None:
@@ -101,7 +104,7 @@ def find_conv_layer(model: "keras.Model") -> tuple[str, ...]:
     return path
 
 
-def find_layer(model: "keras.Model", name: str) -> tuple[str, ...]:
+def find_layer(model: keras.Model, name: str) -> tuple[str, ...]:
     """The path to the layer called ``name`` (``base/Conv_1`` or just ``Conv_1``), searched depth first."""
     import keras
 
@@ -121,7 +124,7 @@ def find_layer(model: "keras.Model", name: str) -> tuple[str, ...]:
     return path
 
 
-def _last_conv(model: "keras.Model") -> tuple[str, ...] | None:
+def _last_conv(model: keras.Model) -> tuple[str, ...] | None:
     import keras
 
     for layer in reversed(model.layers):
@@ -134,7 +137,7 @@ def _last_conv(model: "keras.Model") -> tuple[str, ...] | None:
     return None
 
 
-def _search(model: "keras.Model", parts: tuple[str, ...]) -> tuple[str, ...] | None:
+def _search(model: keras.Model, parts: tuple[str, ...]) -> tuple[str, ...] | None:
     import keras
 
     for layer in model.layers:
@@ -154,14 +157,14 @@ def _search(model: "keras.Model", parts: tuple[str, ...]) -> tuple[str, ...] | N
     return None
 
 
-def _layer_at(model: "keras.Model", path: Sequence[str]) -> "keras.layers.Layer":
+def _layer_at(model: keras.Model, path: Sequence[str]) -> keras.layers.Layer:
     layer = model
     for name in path:
         layer = layer.get_layer(name)
     return layer
 
 
-def _spatial_layer_names(model: "keras.Model", prefix: str = "") -> list[str]:
+def _spatial_layer_names(model: keras.Model, prefix: str = "") -> list[str]:
     import keras
 
     names = []
@@ -176,7 +179,7 @@ def _spatial_layer_names(model: "keras.Model", prefix: str = "") -> list[str]:
 # -- Grad-CAM ---------------------------------------------------------------------------------------
 
 
-def feature_function(model: "keras.Model", path: Sequence[str]) -> FeatureFunction:
+def feature_function(model: keras.Model, path: Sequence[str]) -> FeatureFunction:
     """A function of images returning (the feature maps at ``path``, the model's output).
 
     A layer inside a nested model (MobileNetV2's base) is not connected to the outer inputs,
@@ -231,7 +234,7 @@ def _reaches(output: object, tensor: object) -> bool:
 
 
 @contextlib.contextmanager
-def linear_head(model: "keras.Model") -> Iterator[str | None]:
+def linear_head(model: keras.Model) -> Iterator[str | None]:
     """Bypass the output layer's sigmoid/softmax while inside; yields the activation bypassed (or None)."""
     import keras
 
@@ -249,7 +252,7 @@ def linear_head(model: "keras.Model") -> Iterator[str | None]:
 
 
 def class_activation_maps(
-    model: "keras.Model", images: np.ndarray, path: Sequence[str], num_classes: int
+    model: keras.Model, images: np.ndarray, path: Sequence[str], num_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM maps (n, classes, h, w) at the layer's resolution, each scaled to [0, 1], and the
     (n, classes) probabilities of the same forward pass."""
@@ -335,9 +338,6 @@ def explain(
     save: bool = True,
 ) -> ExplainResult:
     """``toonvision explain``: a Grad-CAM figure per image (crops, or the objects of screenshots with XML)."""
-    from toonvision import plots
-    from toonvision.extract import Problem
-
     if not paths:
         raise UsageError("nothing to explain: pass image files, folders, or screenshots with their XML beside them")
     inputs, problems = collect_inputs(paths)
@@ -350,7 +350,7 @@ def explain(
         try:
             image = item.load()
         except ImageError as exc:
-            problems.append(Problem(item.file, str(exc).removeprefix(f"{item.file}: "), item.obj))
+            problems.append(Problem(item.file, without_source(exc, item.file), item.obj))
             continue
         e = gradcam(loaded, image, path)
         target = None
@@ -359,16 +359,19 @@ def explain(
             names = loaded.info.names
             titles = [
                 f"{names[c]} {p:.0%}" + (" (predicted)" if c == e.predicted else "")
-                for c, p in zip(loaded.info.classes, e.probabilities)
+                for c, p in zip(loaded.info.classes, e.probabilities, strict=True)
             ]
             caption = Path(item.file).name + ("" if item.obj is None else f", object {item.obj} ({item.label})")
-            plots.plot_gradcam(np.asarray(image), e.heatmaps, titles, target, f"{caption}: Grad-CAM at {'/'.join(path)}")
+            title = f"{caption}: Grad-CAM at {'/'.join(path)}"
+            plots.plot_gradcam(np.asarray(image), e.heatmaps, titles, target, title)
         explanations.append(Explanation(
             item.file, e.predicted, e.confidence, e.probabilities, e.heatmaps, item.obj, item.box, item.label, target,
         ))
     if not explanations and not problems:
         raise UsageError("no images found to explain")
-    return ExplainResult(loaded.info.path, "/".join(path), loaded.info.classes, tuple(explanations), out, tuple(problems))
+    return ExplainResult(
+        loaded.info.path, "/".join(path), loaded.info.classes, tuple(explanations), out, tuple(problems)
+    )
 
 
 def _file_name(item: InputImage, used: set[str]) -> str:

@@ -26,11 +26,11 @@ import io
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from toonvision.constants import (
     IMAGE_SUFFIXES,
@@ -45,27 +45,14 @@ from toonvision.images import decode_image, read_image_bytes
 from toonvision.labels import group_of, normalise_label, read_classes_file
 from toonvision.layout import Layout
 from toonvision.manifest import CropRecord, load_manifest, save_manifest
-from toonvision.voc import load_annotation
+from toonvision.problems import Problem, Severity, has_errors, printable_path, without_source
+from toonvision.voc import WarningKind, load_annotation
 
 logger = logging.getLogger(__name__)
 
-ERROR, WARNING = "error", "warning"
+WARNING = Severity.WARNING
+_PER_OBJECT = frozenset({WarningKind.NO_BOX, WarningKind.BAD_BOX})  # _cut_object reports these, per object
 _KEPT = "the pool is intact, with every crop committed before the failure; run the command again to add the rest"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Something wrong with one file or one object of it."""
-
-    file: str
-    message: str
-    obj: int | None = None
-    severity: str = ERROR
-    reason: str = ""
-
-    def line(self) -> str:
-        where = self.file if self.obj is None else f"{self.file}: object {self.obj}"
-        return f"{where}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -113,7 +100,7 @@ class ScreenshotCrops:
 
     @property
     def has_errors(self) -> bool:
-        return any(p.severity == ERROR for p in self.problems)
+        return has_errors(self.problems)
 
 
 @dataclass(frozen=True)
@@ -138,11 +125,11 @@ class ExtractResult:
 
     @property
     def errors(self) -> tuple[Problem, ...]:
-        return tuple(p for p in self.problems if p.severity == ERROR)
+        return tuple(p for p in self.problems if p.is_error)
 
     @property
     def warnings(self) -> tuple[Problem, ...]:
-        return tuple(p for p in self.problems if p.severity == WARNING)
+        return tuple(p for p in self.problems if p.severity is WARNING)
 
     @property
     def exit_code(self) -> int:
@@ -173,7 +160,7 @@ class ValidationResult:
 
     @property
     def errors(self) -> tuple[Problem, ...]:
-        return tuple(p for p in self.problems if p.severity == ERROR)
+        return tuple(p for p in self.problems if p.is_error)
 
     @property
     def exit_code(self) -> int:
@@ -242,11 +229,15 @@ def discover(root: Path, exclude: Iterable[Path] = ()) -> Discovery:
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (folder_path / d).resolve() not in excluded)
         for name in dirs:
             if (folder_path / name).is_symlink():
-                problems.append(Problem(str(folder_path / name), "is a symbolic link to a folder; not followed", severity=WARNING))
+                problems.append(Problem(
+                    str(folder_path / name), "is a symbolic link to a folder; not followed", severity=WARNING
+                ))
             elif Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                problems.append(Problem(str(folder_path / name), "is a folder named like an image; skipped", severity=WARNING))
+                problems.append(Problem(
+                    str(folder_path / name), "is a folder named like an image; skipped", severity=WARNING
+                ))
             elif not _is_utf8(name):
-                problems.append(Problem(_shown(folder_path / name), _NOT_UTF8, reason="bad name"))
+                problems.append(Problem(printable_path(folder_path / name), _NOT_UTF8, reason="bad name"))
         dirs[:] = [d for d in dirs if _is_utf8(d)]
         images: dict[str, list[Path]] = {}
         xmls: dict[str, Path] = {}
@@ -256,10 +247,13 @@ def discover(root: Path, exclude: Iterable[Path] = ()) -> Discovery:
             if suffix not in IMAGE_SUFFIXES and suffix != XML_SUFFIX:
                 continue
             if not _is_utf8(name):
-                problems.append(Problem(_shown(path), _NOT_UTF8, reason="bad name"))
+                problems.append(Problem(printable_path(path), _NOT_UTF8, reason="bad name"))
                 continue
             if path.is_symlink() and not _inside(path, real_root):
-                problems.append(Problem(str(path), "is a symbolic link to a file outside the screenshots folder; not followed", severity=WARNING))
+                problems.append(Problem(
+                    str(path), "is a symbolic link to a file outside the screenshots folder; not followed",
+                    severity=WARNING,
+                ))
                 continue
             if suffix == XML_SUFFIX:
                 xmls[path.stem] = path
@@ -269,35 +263,44 @@ def discover(root: Path, exclude: Iterable[Path] = ()) -> Discovery:
             candidates, xml = images.get(stem, []), xmls.get(stem)
             if xml is None:
                 for image in candidates:
-                    problems.append(Problem(str(image), "has no XML beside it; label it in labelImg or remove it", severity=WARNING, reason="no xml"))
+                    problems.append(Problem(
+                        str(image), "has no XML beside it; label it in labelImg or remove it", severity=WARNING,
+                        reason="no xml",
+                    ))
             elif not candidates:
-                problems.append(Problem(str(xml), f"has no image named {stem}.<png|jpg|...> beside it", reason="no image"))
+                problems.append(Problem(
+                    str(xml), f"has no image named {stem}.<png|jpg|...> beside it", reason="no image"
+                ))
             elif len(candidates) > 1:
                 names = ", ".join(p.name for p in candidates)
-                problems.append(Problem(str(xml), f"matches several images ({names}); keep one of them", reason="ambiguous image"))
+                problems.append(Problem(
+                    str(xml), f"matches several images ({names}); keep one of them", reason="ambiguous image"
+                ))
             else:
                 image = candidates[0]
                 screenshots.append(Screenshot(image, xml, image.relative_to(root).as_posix()))
     return Discovery(tuple(screenshots), tuple(problems))
 
 
-def read_screenshot(screenshot: Screenshot, known_labels: frozenset[str] | None = None, encode: bool = True) -> ScreenshotCrops:
+def read_screenshot(
+    screenshot: Screenshot, known_labels: frozenset[str] | None = None, encode: bool = True
+) -> ScreenshotCrops:
     """Read one screenshot and its XML, and cut out every usable object (pure but for reading)."""
     xml, image_path = str(screenshot.xml), str(screenshot.image)
     problems: list[Problem] = []
     try:
         parsed = load_annotation(screenshot.xml)
     except AnnotationError as exc:
-        return ScreenshotCrops(screenshot, "", (), (Problem(xml, _without_source(exc, xml), reason="bad xml"),))
+        return ScreenshotCrops(screenshot, "", (), (Problem(xml, without_source(exc, xml), reason="bad xml"),))
     annotation = parsed.annotation
     for warning in parsed.warnings:
-        if "<bndbox>" not in warning:
-            problems.append(Problem(xml, _without_source(warning, xml), severity=WARNING))
+        if warning.kind not in _PER_OBJECT:
+            problems.append(Problem(xml, without_source(warning.message, xml), severity=WARNING))
     try:
         data = read_image_bytes(screenshot.image)
         image = decode_image(data, image_path)
     except ImageError as exc:
-        problems.append(Problem(image_path, _without_source(exc, image_path), reason="bad image"))
+        problems.append(Problem(image_path, without_source(exc, image_path), reason="bad image"))
         return ScreenshotCrops(screenshot, "", (), tuple(problems))
     width, height = image.size
     declared = annotation.size
@@ -401,7 +404,9 @@ class _Folders:
         return file
 
 
-def _stage_crop(layout: Layout, result: ScreenshotCrops, crop: Crop, next_index: Counter, folders: _Folders) -> CropRecord:
+def _stage_crop(
+    layout: Layout, result: ScreenshotCrops, crop: Crop, next_index: Counter, folders: _Folders
+) -> CropRecord:
     index = next_index[crop.label]
     next_index[crop.label] = index + 1
     group = group_of(crop.label)
@@ -573,18 +578,7 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
-def _shown(path: Path) -> str:
-    """A path with undecodable bytes written as \\xNN escapes, safe to print."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def _without_source(message: object, source: str) -> str:
-    text = str(message)
-    prefix = f"{source}: "
-    return text[len(prefix):] if text.startswith(prefix) else text
-
-
 __all__ = [
-    "Crop", "Discovery", "ExtractOptions", "ExtractResult", "Problem", "Screenshot",
+    "Crop", "Discovery", "ExtractOptions", "ExtractResult", "Screenshot",
     "ScreenshotCrops", "ValidationResult", "discover", "extract", "read_screenshot", "validate",
 ]

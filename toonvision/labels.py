@@ -59,3 +59,8 @@ def read_classes_file(path: Path) -> tuple[str, ...]:
         except ValueError as exc:
             raise UsageError(f"{path}: line {number}: {exc}") from None
     return tuple(labels)
+
+
+def shown_class(cls: str, display: str) -> str:
+    """A class as tables and figures show it: ``cls``, or ``cls (Display name)`` when they differ."""
+    return cls if display == cls else f"{cls} ({display})"

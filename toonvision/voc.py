@@ -23,6 +23,7 @@ import logging
 import math
 import stat
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from lxml import etree
@@ -83,12 +84,34 @@ class Annotation:
     verified: bool = False
 
 
+class WarningKind(str, Enum):
+    """What a warning is about, so a reader can filter warnings without matching their text."""
+
+    INCOMPLETE_SIZE = "incomplete size"  # <size> without a numeric width or height
+    NO_BOX = "no box"  # an <object> without <bndbox>
+    BAD_BOX = "bad box"  # a <bndbox> without a numeric xmin/ymin/xmax/ymax
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class VocWarning:
+    """Something odd in a file that does not stop it being read; ``message`` names the file."""
+
+    kind: WarningKind
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @dataclass(frozen=True)
 class ParsedAnnotation:
     """An annotation and what was odd about it (warnings never stop extraction)."""
 
     annotation: Annotation
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[VocWarning, ...] = field(default=())
 
 
 def _parser() -> etree.XMLParser:
@@ -136,7 +159,8 @@ def parse_annotation(data: bytes | str, source: str = "<string>") -> ParsedAnnot
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
-        raise AnnotationError(f"{source}: not well-formed XML ({' '.join(str(exc).split())}); re-save it in labelImg") from None
+        reason = " ".join(str(exc).split())
+        raise AnnotationError(f"{source}: not well-formed XML ({reason}); re-save it in labelImg") from None
     tree = root.getroottree()
     if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
         raise AnnotationError(f"{source}: contains a DTD, which labelImg never writes; refusing to read it")
@@ -150,7 +174,7 @@ def parse_annotation(data: bytes | str, source: str = "<string>") -> ParsedAnnot
 
 
 def _read_annotation(root: etree._Element, source: str) -> ParsedAnnotation:
-    warnings: list[str] = []
+    warnings: list[VocWarning] = []
     filename = _text(root, "filename") or ""
     size = _read_size(root.find("size"), source, warnings)
     objects = tuple(
@@ -189,30 +213,34 @@ def _flag(text: str | None) -> bool:
     return (text or "").strip().lower() in ("1", "true", "yes")
 
 
-def _read_size(node: etree._Element | None, source: str, warnings: list[str]) -> ImageSize | None:
+def _read_size(node: etree._Element | None, source: str, warnings: list[VocWarning]) -> ImageSize | None:
     if node is None:
         return None
     width, height = _number(_text(node, "width")), _number(_text(node, "height"))
     depth = _number(_text(node, "depth"))
     if width is None or height is None:
-        warnings.append(f"{source}: <size> is incomplete; the image's own size is used")
+        warnings.append(VocWarning(
+            WarningKind.INCOMPLETE_SIZE, f"{source}: <size> is incomplete; the image's own size is used"
+        ))
         return None
     return ImageSize(int(width), int(height), int(depth) if depth is not None else 3)
 
 
-def _read_object(node: etree._Element, number: int, source: str, warnings: list[str]) -> VocObject:
+def _read_object(node: etree._Element, number: int, source: str, warnings: list[VocWarning]) -> VocObject:
     name = _text(node, "name") or ""
     box = None
     bndbox = node.find("bndbox")
     if bndbox is None:
-        warnings.append(f"{source}: object {number} ({name or 'unnamed'}): has no <bndbox>; skipped")
+        warnings.append(VocWarning(
+            WarningKind.NO_BOX, f"{source}: object {number} ({name or 'unnamed'}): has no <bndbox>; skipped"
+        ))
     else:
         values = [_number(_text(bndbox, tag)) for tag in ("xmin", "ymin", "xmax", "ymax")]
         if any(v is None for v in values):
-            warnings.append(
-                f"{source}: object {number} ({name or 'unnamed'}): <bndbox> lacks a numeric "
-                "xmin/ymin/xmax/ymax; skipped"
-            )
+            warnings.append(VocWarning(
+                WarningKind.BAD_BOX, f"{source}: object {number} ({name or 'unnamed'}): <bndbox> lacks a numeric "
+                "xmin/ymin/xmax/ymax; skipped",
+            ))
         else:
             box = Box(*values)
     return VocObject(
@@ -247,7 +275,7 @@ def format_annotation(annotation: Annotation) -> str:
         _sub(node, "difficult", "1" if obj.difficult else "0")
         if obj.box is not None:
             bndbox = etree.SubElement(node, "bndbox")
-            for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), obj.box.rounded()):
+            for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), obj.box.rounded(), strict=True):
                 _sub(bndbox, tag, str(value))
     etree.indent(root, space="\t")
     return etree.tostring(root, encoding="unicode") + "\n"
