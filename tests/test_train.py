@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
@@ -118,6 +119,32 @@ def test_runs_are_independent_and_the_best_is_kept(trained):
     assert {p.name for p in result.plots} == {"training_curves.png", "test_metrics.png", "architecture.png"}
     summary = result.summary()
     assert f"run {result.best.run} (seed {result.best.seed})" in summary and "median" in summary
+
+
+def test_train_commits_what_its_runs_produce_and_keeps_the_run_best_on_validation(binary_pool, monkeypatch):
+    """Runs with preset losses (validation 0.5, 0.2, 0.9; test would pick run 2) and tiny real models."""
+    import toonvision.train
+    from toonvision.ledger import FinishedRun
+
+    val_losses, test_losses = (0.5, 0.2, 0.9), (0.4, 0.8, 0.01)
+
+    def fake_run(layout, config, plan, k, weights):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.set_weights([np.full((2, 1), k + 1.0, "float32"), np.full((1,), k + 1.0, "float32")])
+        record = RunRecord(k, config.seed + k, config.epochs, 0.4, 0.8, val_losses[k], 0.9, test_losses[k], 0.5, 1.0)
+        return FinishedRun(record, {"loss": [0.4], "val_loss": [val_losses[k]]}, model, plan)
+
+    layout, _ = binary_pool
+    monkeypatch.setattr(toonvision.train, "train_run", fake_run)
+    result = train(layout, TrainConfig(task="binary", runs=3, **TINY))
+    out = layout.task_models("binary")
+    info = json.loads((out / BEST_INFO).read_text())
+    assert result.best.run == info["run"] == 1 and info["seed"] == 6
+    assert info["metrics"]["validate"]["loss"] == 0.2 and info["model_sha256"] == file_sha256(out / BEST_MODEL)
+    saved = keras.saving.load_model(out / BEST_MODEL, compile=False).get_weights()
+    assert len(saved) == 2 and all((w == 2.0).all() for w in saved)  # run 1's weights, not run 2's (last)
+    assert load_split(layout.task_data("binary")).seed == 6  # the chosen run's split is the one on disk
+    assert [r["val_loss"] for r in ledger(out / LEDGER)] == ["0.5", "0.2", "0.9"]
 
 
 def test_multiclass_training_uses_a_softmax_head_and_augmentation(tmp_path):
