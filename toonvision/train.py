@@ -52,14 +52,10 @@ from toonvision.layout import Layout
 from toonvision.ledger import (
     BEST_INFO,
     BEST_MODEL,
-    HISTORIES,
     LEDGER,
-    TRAIN_INFO,
-    WORK,
     FinishedRun,
     Ledger,
     RunRecord,
-    choose_best,
     describe,
     make_folder,
     recorded_config,
@@ -437,7 +433,6 @@ def _show_best(bar: Bar, best: RunRecord | None) -> None:
 
 
 __all__ = [
-    "ARCHITECTURE_PLOT", "BEST_INFO", "BEST_MODEL", "BOXPLOT", "CURVES_PLOT", "HISTORIES", "LEDGER", "PLOTS",
-    "TRAIN_INFO", "WORK", "FinishedRun", "RunRecord", "TrainConfig", "TrainResult", "choose_best", "describe",
+    "ARCHITECTURE_PLOT", "BOXPLOT", "CURVES_PLOT", "PLOTS", "TrainConfig", "TrainResult",
     "free_large_buffers_eagerly", "resolve_weights", "train", "train_run",
 ]
