@@ -143,7 +143,7 @@ def big_pool(workdir: Path, crops: int):
 
 def task_paths(layout) -> list[str]:
     """The crops of the binary task, the ones its training reads."""
-    from toonvision.split import load_pool
+    from toonvision.manifest import load_pool
     from toonvision.tasks import get_task
 
     records, _ = load_pool(layout)

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from PIL import Image  # noqa: E402
 
 from toonvision.layout import Layout  # noqa: E402
-from toonvision.manifest import CropRecord, save_manifest  # noqa: E402
-from toonvision.split import load_pool, load_split, plan_split, run_split, write_split  # noqa: E402
+from toonvision.manifest import CropRecord, load_pool, save_manifest  # noqa: E402
+from toonvision.split import load_split, plan_split, run_split, write_split  # noqa: E402
 from toonvision.tasks import get_task  # noqa: E402
 
 NAMES = {

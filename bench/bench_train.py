@@ -46,8 +46,9 @@ from toonvision.cache import crop_cache, forget_shared  # noqa: E402
 from toonvision.datasets import from_plan  # noqa: E402
 from toonvision.extract import ExtractOptions, extract  # noqa: E402
 from toonvision.layout import Layout  # noqa: E402
+from toonvision.manifest import load_pool  # noqa: E402
 from toonvision.models import build_model  # noqa: E402
-from toonvision.split import load_pool, plan_split, write_split  # noqa: E402
+from toonvision.split import plan_split, write_split  # noqa: E402
 from toonvision.synth import SynthConfig, synthesize  # noqa: E402
 from toonvision.tasks import get_task  # noqa: E402
 
@@ -252,9 +253,9 @@ def bench_fullrun(layout, records, task, size, batch, rounds, epochs) -> None:
     n_train = int(tensors["train"][0].shape[0])
     run_rates, ceiling_rates = [], []
     for _ in range(rounds):
-        record, _, model = train_run(layout, config, plan, 0, None)
-        run_rates.append(epochs * n_train / record.seconds)
-        del model
+        finished = train_run(layout, config, plan, 0, None)
+        run_rates.append(epochs * n_train / finished.record.seconds)
+        del finished
         import keras
 
         keras.backend.clear_session()

@@ -11,11 +11,12 @@ from click.testing import CliRunner
 keras = pytest.importorskip("keras")
 
 from conftest import write_colour_pool  # noqa: E402
+
 from toonvision import compare as compare_module  # noqa: E402
-from toonvision import train as train_module  # noqa: E402
 from toonvision.cli import main  # noqa: E402
-from toonvision.compare import CompareConfig, compare, describe, mean_curves, split_digest  # noqa: E402
+from toonvision.compare import CompareConfig, compare, mean_curves, split_digest  # noqa: E402
 from toonvision.errors import UsageError  # noqa: E402
+from toonvision.ledger import FinishedRun, RunRecord  # noqa: E402
 
 
 def fake_run(seen):
@@ -24,11 +25,10 @@ def fake_run(seen):
     def run(layout, config, plan, k, weights):
         seen.append((config.model, k, plan))
         accuracy = 0.5 + 0.1 * k + (0.05 if config.model == "optimized" else 0.0)
-        record = train_module.RunRecord(k, config.seed + k, config.epochs, 0.6, accuracy, 0.7, accuracy, 0.8,
-                                        accuracy, 0.01)
+        record = RunRecord(k, config.seed + k, config.epochs, 0.6, accuracy, 0.7, accuracy, 0.8, accuracy, 0.01)
         history = {"accuracy": [0.5, accuracy], "val_accuracy": [0.4, accuracy], "loss": [0.9, 0.6],
                    "val_loss": [1.0, None]}
-        return record, history, None
+        return FinishedRun(record, history, b"", plan)
 
     return run
 
@@ -36,7 +36,7 @@ def fake_run(seen):
 def test_run_k_of_every_model_uses_the_same_split(tmp_path, monkeypatch):
     layout, _ = write_colour_pool(tmp_path / "img", {"cog_bb_a": 6, "toon_cat": 6})
     seen = []
-    monkeypatch.setattr(train_module, "train_run", fake_run(seen))
+    monkeypatch.setattr(compare_module, "train_run", fake_run(seen))
     config = CompareConfig(task="binary", models=("baseline", "optimized"), runs=3, epochs=2, seed=11,
                            image_size=(48, 44), batch_size=4)
 
@@ -86,12 +86,6 @@ def test_mean_curves_average_each_epoch_over_runs():
     assert curves["accuracy"] == pytest.approx([0.6, 0.8, 1.0])
     assert curves["loss"] == pytest.approx([0.9, 0.6])  # a diverged epoch (None) is left out
     assert "val_loss" not in curves
-
-
-def test_describe_ignores_diverged_runs():
-    assert describe([0.5, 0.7, math.nan, 0.9]) == {
-        "median": 0.7, "mean": pytest.approx(0.7), "std": pytest.approx(0.163299, rel=1e-4), "min": 0.5, "max": 0.9}
-    assert math.isnan(describe([])["median"])
 
 
 @pytest.mark.parametrize(

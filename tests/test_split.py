@@ -28,7 +28,6 @@ from toonvision.split import (
     SplitPlan,
     check_split_dirs,
     file_names,
-    load_pool,
     load_split,
     plan_from_dict,
     plan_split,
@@ -336,16 +335,6 @@ def test_check_split_dirs_catches_a_missing_or_extra_class_folder(make_pool) -> 
         check_split_dirs(task_dir, ("a", "b", "c", "z"))
 
 
-def test_deleted_pool_crops_are_left_out_with_a_warning(make_pool, caplog) -> None:
-    layout, recs = make_pool({"a": 4, "b": 4})
-    (layout.pool / recs[0].crop).unlink()
-    with caplog.at_level(logging.WARNING, logger="toonvision.split"):
-        kept, missing = load_pool(layout)
-    assert missing == (recs[0].crop,)
-    assert len(kept) == 7
-    assert "no longer in the pool" in caplog.text
-
-
 def test_no_pool_says_run_extract_first(tmp_path: Path) -> None:
     from toonvision.layout import Layout
 
@@ -367,7 +356,8 @@ def test_split_waits_for_nobody_and_reports_the_lock_holder(make_pool) -> None:
 _KILLED_WRITER = """
 import sys
 from toonvision.layout import Layout
-from toonvision.split import load_pool, plan_split, write_split
+from toonvision.manifest import load_pool
+from toonvision.split import plan_split, write_split
 from toonvision.tasks import get_task
 layout = Layout.from_dirs(sys.argv[1])
 records, _ = load_pool(layout)

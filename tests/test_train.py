@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import signal
 import subprocess
@@ -18,30 +17,16 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from conftest import write_colour_pool  # noqa: E402
+
 from toonvision.errors import ImageError, PoolError, SplitError, TrainingError, UsageError  # noqa: E402
 from toonvision.fsutil import file_sha256  # noqa: E402
 from toonvision.layout import Layout  # noqa: E402
+from toonvision.ledger import BEST_INFO, BEST_MODEL, HISTORIES, LEDGER, TRAIN_INFO, RunRecord, choose_best  # noqa: E402
 from toonvision.split import load_split, plan_from_dict  # noqa: E402
-from toonvision.train import (  # noqa: E402
-    BEST_INFO,
-    BEST_MODEL,
-    HISTORIES,
-    LEDGER,
-    TRAIN_INFO,
-    RunRecord,
-    TrainConfig,
-    _save_model,
-    choose_best,
-    describe,
-    train,
-)
+from toonvision.train import TrainConfig, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(image_size=(48, 44), batch_size=4, epochs=1, seed=5)  # 20 crops: 12/4/4, whole batches
-
-
-def run(k, val_loss, val_accuracy, test_loss=0.5, test_accuracy=0.5):
-    return RunRecord(k, 100 + k, 1, 0.4, 0.8, val_loss, val_accuracy, test_loss, test_accuracy, 1.0)
 
 
 def ledger(path: Path) -> list[dict[str, str]]:
@@ -59,55 +44,16 @@ def binary_pool(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One uninterrupted 3-run training, shared by the tests that inspect one (TF runs are slow)."""
-    import toonvision.models
+    import toonvision.train
 
     layout, records = write_colour_pool(tmp_path_factory.mktemp("trained") / "img", BINARY_POOL)
-    built, real_build = [], toonvision.models.build_model
-    toonvision.models.build_model = lambda *a, **k: built.append(real_build(*a, **k)) or built[-1]
+    built, real_build = [], toonvision.train.build_model
+    toonvision.train.build_model = lambda *a, **k: built.append(real_build(*a, **k)) or built[-1]
     try:
         result = train(layout, TrainConfig(task="binary", runs=3, **TINY))
     finally:
-        toonvision.models.build_model = real_build
+        toonvision.train.build_model = real_build
     return layout, records, result, built
-
-
-# -- selection ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "runs, chosen",
-    [
-        # run 1 has by far the best test score but a worse validation loss: not chosen
-        ([run(0, 0.30, 0.90, test_accuracy=0.70), run(1, 0.35, 0.95, test_loss=0.01, test_accuracy=1.0)], 0),
-        # equal validation loss: higher validation accuracy wins
-        ([run(0, 0.30, 0.80), run(1, 0.30, 0.90)], 1),
-        # equal on both: the earlier run
-        ([run(0, 0.30, 0.90), run(1, 0.30, 0.90)], 0),
-        # a diverged run (NaN loss) never wins
-        ([run(0, math.nan, 1.0), run(1, 2.0, 0.5)], 1),
-        ([run(0, 0.7, 0.5)], 0),
-    ],
-)
-def test_choose_best_reads_validation_only(runs, chosen):
-    assert choose_best(runs).run == chosen
-
-
-def test_choose_best_ignores_test_metrics_entirely():
-    runs = [run(0, 0.3, 0.9), run(1, 0.4, 0.9)]
-    flipped = [run(0, 0.3, 0.9, 9.0, 0.0), run(1, 0.4, 0.9, 0.0, 1.0)]
-    assert choose_best(runs).run == choose_best(flipped).run == 0
-
-
-def test_describe():
-    stats = describe([0.5, 1.0, 0.75, 0.75])
-    assert stats == {"mean": 0.75, "median": 0.75, "std": pytest.approx(0.1767767), "min": 0.5, "max": 1.0}
-    assert describe([0.3])["std"] == 0.0
-
-
-def test_ledger_rows_round_trip_exactly():
-    record = RunRecord(3, 8, 25, 0.1 + 0.2, 1 / 3, 0.123456789012345, 0.9, 0.5, 2 / 3, 12.5)
-    row = dict(zip([f for f in RunRecord.__dataclass_fields__], record.to_row()))
-    assert RunRecord.from_row(row) == record
 
 
 # -- options ---------------------------------------------------------------------------------
@@ -175,6 +121,32 @@ def test_runs_are_independent_and_the_best_is_kept(trained):
     assert f"run {result.best.run} (seed {result.best.seed})" in summary and "median" in summary
 
 
+def test_train_commits_what_its_runs_produce_and_keeps_the_run_best_on_validation(binary_pool, monkeypatch):
+    """Runs with preset losses (validation 0.5, 0.2, 0.9; test would pick run 2) and tiny real models."""
+    import toonvision.train
+    from toonvision.ledger import FinishedRun
+
+    val_losses, test_losses = (0.5, 0.2, 0.9), (0.4, 0.8, 0.01)
+
+    def fake_run(layout, config, plan, k, weights):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.set_weights([np.full((2, 1), k + 1.0, "float32"), np.full((1,), k + 1.0, "float32")])
+        record = RunRecord(k, config.seed + k, config.epochs, 0.4, 0.8, val_losses[k], 0.9, test_losses[k], 0.5, 1.0)
+        return FinishedRun(record, {"loss": [0.4], "val_loss": [val_losses[k]]}, model, plan)
+
+    layout, _ = binary_pool
+    monkeypatch.setattr(toonvision.train, "train_run", fake_run)
+    result = train(layout, TrainConfig(task="binary", runs=3, **TINY))
+    out = layout.task_models("binary")
+    info = json.loads((out / BEST_INFO).read_text())
+    assert result.best.run == info["run"] == 1 and info["seed"] == 6
+    assert info["metrics"]["validate"]["loss"] == 0.2 and info["model_sha256"] == file_sha256(out / BEST_MODEL)
+    saved = keras.saving.load_model(out / BEST_MODEL, compile=False).get_weights()
+    assert len(saved) == 2 and all((w == 2.0).all() for w in saved)  # run 1's weights, not run 2's (last)
+    assert load_split(layout.task_data("binary")).seed == 6  # the chosen run's split is the one on disk
+    assert [r["val_loss"] for r in ledger(out / LEDGER)] == ["0.5", "0.2", "0.9"]
+
+
 def test_multiclass_training_uses_a_softmax_head_and_augmentation(tmp_path):
     layout, _ = write_colour_pool(tmp_path / "img", {"cog_bb_a": 8, "cog_lb_b": 8, "cog_cb_c": 8})
     result = train(layout, TrainConfig(task="suit", model="optimized", runs=1, **{**TINY, "epochs": 2}))
@@ -197,18 +169,6 @@ def test_a_mixed_precision_training_is_recorded_and_reloads(binary_pool):
     assert all(0.0 <= p.confidence <= 1.0 for p in result.predictions)
     with pytest.raises(UsageError, match="mixed_precision=True \\(now False\\)"):
         train(layout, TrainConfig(task="binary", runs=2, resume=True, **TINY))
-
-
-def test_saved_model_reloads_and_predicts_exactly(tmp_path):
-    from toonvision.models import build_model
-
-    model = build_model("optimized", 2, (48, 44), seed=0)
-    x = np.random.default_rng(0).uniform(0, 255, (6, 48, 44, 3)).astype("float32")
-    model.fit(x, np.array([[0], [1]] * 3, "float32"), epochs=1, verbose=0)
-    path = tmp_path / "best.keras"
-    _save_model(model, path)
-    reloaded = keras.models.load_model(path)
-    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
 def test_existing_training_needs_resume_or_overwrite(binary_pool):

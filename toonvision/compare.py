@@ -24,20 +24,24 @@ import json
 import logging
 import math
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from toonvision import plots
 from toonvision.constants import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_IMAGE_SIZE, DEFAULT_RATIOS, FOLDER_LOCK
 from toonvision.errors import TrainingError, UsageError
 from toonvision.fsutil import atomic_write_text, locked
 from toonvision.layout import Layout
-
-if TYPE_CHECKING:
-    from toonvision.split import SplitPlan
-    from toonvision.train import RunRecord, TrainConfig
+from toonvision.ledger import LEDGER_COLUMNS, RunRecord, describe, make_folder
+from toonvision.manifest import load_pool
+from toonvision.progress import progress_bar
+from toonvision.split import SplitPlan, plan_split
+from toonvision.tasks import get_task
+from toonvision.train import TrainConfig, resolve_weights, train_run
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +85,8 @@ class CompareConfig:
         for model in models:
             self.train_config(model)  # validates the model name and every shared option
 
-    def train_config(self, model: str) -> "TrainConfig":
+    def train_config(self, model: str) -> TrainConfig:
         """The training options of one model's runs (shared by every model but the name)."""
-        from toonvision.train import TrainConfig
-
         return TrainConfig(
             task=self.task, model=model, runs=self.runs, epochs=self.epochs, seed=self.seed,
             ratios=tuple(self.ratios), image_size=tuple(self.image_size), batch_size=self.batch_size,
@@ -107,7 +109,7 @@ class ComparedRun:
 
     model: str
     split: str
-    record: "RunRecord"
+    record: RunRecord
     history: Mapping[str, Sequence[float | None]] = field(repr=False, compare=False)
 
 
@@ -135,34 +137,24 @@ class CompareResult:
                 f"  {'test loss: median':>17}  {'mean':>6}  {'std':>6}")
         lines = [head]
         for model in self.config.models:
-            a, l = stats[model]["test_accuracy"], stats[model]["test_loss"]
+            a, e = stats[model]["test_accuracy"], stats[model]["test_loss"]
             lines.append(
                 f"{model:<{width}}  {len(self.values(model, 'test_accuracy')):>4}  {a['median']:>21.4f}  "
-                f"{a['mean']:>6.4f}  {a['std']:>6.4f}  {l['median']:>17.4f}  {l['mean']:>6.4f}  {l['std']:>6.4f}"
+                f"{a['mean']:>6.4f}  {a['std']:>6.4f}  {e['median']:>17.4f}  {e['mean']:>6.4f}  {e['std']:>6.4f}"
             )
         return "\n".join(lines)
 
     def summary(self) -> str:
         c = self.config
         lines = [
-            f"task {c.task}: {', '.join(c.models)} over the same {c.runs} split(s) (seeds {c.seed}..{c.seed + c.runs - 1}), "
+            f"task {c.task}: {', '.join(c.models)} over the same {c.runs} split(s) "
+            f"(seeds {c.seed}..{c.seed + c.runs - 1}), "
             f"{c.epochs} epoch(s), classes {', '.join(self.classes)}",
             self.table(),
         ]
         if self.files:
             lines.append(f"wrote {', '.join(p.name for p in self.files)} to {self.out}")
         return "\n".join(lines)
-
-
-def describe(values: Sequence[float]) -> dict[str, float]:
-    """median, mean, std (population), min and max of the finite values; NaN when there are none."""
-    data = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    if data.size == 0:
-        return {k: math.nan for k in ("median", "mean", "std", "min", "max")}
-    return {
-        "median": float(np.median(data)), "mean": float(data.mean()), "std": float(data.std()),
-        "min": float(data.min()), "max": float(data.max()),
-    }
 
 
 def mean_curves(histories: Sequence[Mapping[str, Sequence[float | None]]]) -> dict[str, list[float | None]]:
@@ -183,7 +175,7 @@ def mean_curves(histories: Sequence[Mapping[str, Sequence[float | None]]]) -> di
     return out
 
 
-def split_digest(plan: "SplitPlan") -> str:
+def split_digest(plan: SplitPlan) -> str:
     """A short fingerprint of which crop went to which split (equal digests: the same split)."""
     lines = sorted(f"{a.crop}\t{a.cls}\t{a.split}" for a in plan.assignments)
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:16]
@@ -191,21 +183,17 @@ def split_digest(plan: "SplitPlan") -> str:
 
 def compare(layout: Layout, config: CompareConfig, out: Path | None = None, progress: bool = False) -> CompareResult:
     """Train every model of ``config`` on the same ``config.runs`` splits and write the comparison."""
-    from toonvision.split import load_pool, plan_split
-    from toonvision.tasks import get_task
-    from toonvision.train import resolve_weights, train_run
-
     task = get_task(config.task, config.task_config)
     configs = {m: config.train_config(m) for m in config.models}
     weights = {m: resolve_weights(c) for m, c in configs.items()}  # a missing weights file fails before training
     with locked(layout.lock_file, str(layout.img_dir)):
         records, _missing = load_pool(layout)
     out = Path(out) if out is not None else layout.task_models(task.name) / COMPARE_DIR
-    _make_folder(out)
+    make_folder(out, "--out")
     runs: list[ComparedRun] = []
     classes: tuple[str, ...] = ()
     with locked(out / FOLDER_LOCK, str(out)):
-        bar = _progress_bar(config, progress)
+        bar = progress_bar(progress, config.runs * len(config.models), f"compare {config.task}", "run")
         try:
             for k in range(config.runs):
                 plan = plan_split(records, task, tuple(config.ratios), config.seed + k,
@@ -216,9 +204,10 @@ def compare(layout: Layout, config: CompareConfig, out: Path | None = None, prog
                         raise TrainingError(f"task {task.name!r} has fewer than 2 classes in {layout.pool}")
                 digest = split_digest(plan)
                 for model in config.models:
-                    record, history, _ = train_run(layout, configs[model], plan, k, weights[model])
-                    runs.append(ComparedRun(model, digest, record, history))
-                    bar.set_postfix_str(f"run {k} {model}: test accuracy {record.test_accuracy:.3f}")
+                    finished = train_run(layout, configs[model], plan, k, weights[model])
+                    runs.append(ComparedRun(model, digest, finished.record, finished.history))
+                    del finished  # compare keeps no model
+                    bar.set_postfix_str(f"run {k} {model}: test accuracy {runs[-1].record.test_accuracy:.3f}")
                     bar.update(1)
         finally:
             bar.close()
@@ -229,8 +218,6 @@ def compare(layout: Layout, config: CompareConfig, out: Path | None = None, prog
 
 def write_comparison(result: CompareResult, out: Path) -> list[Path]:
     """compare.json, compare_runs.csv, compare_histories.jsonl and the two figures, each atomically."""
-    from toonvision import plots
-
     c = result.config
     atomic_write_text(out / COMPARE_JSON, json.dumps(_json_safe({
         "config": c.to_dict(),
@@ -273,43 +260,16 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _record_dict(record: "RunRecord") -> dict[str, Any]:
-    from dataclasses import asdict
-
+def _record_dict(record: RunRecord) -> dict[str, Any]:
     return asdict(record)
 
 
 def _runs_csv(runs: Sequence[ComparedRun]) -> str:
-    from dataclasses import fields
-
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    names = [f.name for f in fields(runs[0].record)] if runs else []
-    writer.writerow(["model", "split", *names])
-    for r in runs:
-        writer.writerow([r.model, r.split, *(repr(v) if isinstance(v, float) else v for v in (getattr(r.record, n) for n in names))])
+    writer.writerow(["model", "split", *(LEDGER_COLUMNS if runs else ())])
+    writer.writerows([r.model, r.split, *r.record.to_row()] for r in runs)
     return buffer.getvalue()
-
-
-def _make_folder(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TrainingError(f"{out}: cannot create the folder ({exc.strerror or exc}); pass another --out") from None
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None: ...
-    def set_postfix_str(self, text: str) -> None: ...
-    def close(self) -> None: ...
-
-
-def _progress_bar(config: CompareConfig, progress: bool) -> Any:
-    if not progress:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=config.runs * len(config.models), desc=f"compare {config.task}", unit="run")
 
 
 __all__ = [

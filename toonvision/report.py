@@ -23,7 +23,8 @@ from toonvision.constants import DEFAULT_IMAGE_SIZE
 from toonvision.errors import SplitError, UsageError
 from toonvision.fsutil import atomic_write_text
 from toonvision.layout import Layout
-from toonvision.split import SPLIT_CSV, load_pool, load_split
+from toonvision.manifest import load_pool
+from toonvision.split import SPLIT_CSV, load_split
 from toonvision.tasks import Task
 
 logger = logging.getLogger(__name__)

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import functools
-import gc
 import glob
 import io
 import json
@@ -38,12 +36,14 @@ import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Iterable, Mapping, Sequence
 
 from toonvision.errors import PoolError, SplitError, UsageError
 from toonvision.fsutil import atomic_write_text, locked, pid_alive, recover_swap, swap_directory, write_error
 from toonvision.layout import SPLITS, Layout
-from toonvision.manifest import CropRecord, load_manifest
+from toonvision.manifest import CropRecord, load_pool
+from toonvision.manifest import is_safe_relative as _is_safe_relative
+from toonvision.manifest import without_gc as _without_gc
 from toonvision.tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -57,29 +57,6 @@ MAX_IMPROVEMENT_PASSES = 20
 CLASS_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")  # a safe folder name
 _BUILD_MARK = ".building-"
 _LINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _without_gc(function: _F) -> _F:
-    """Pause Python's cycle collector while ``function`` makes its ~10^5 acyclic objects.
-
-    Each of its passes walks the whole heap; at 100,000 crops they cost a fifth to a third of
-    the time (bench/bench_split.py). Reference counting still frees everything as usual.
-    """
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            if enabled:
-                gc.enable()
-
-    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -522,61 +499,6 @@ class _GroupAssigner:
     def split_of_crops(self) -> dict[str, int]:
         """The split index of every crop."""
         return {crop: self.split_of[g] for g in range(len(self.members)) for crop in self.members[g]}
-
-
-# --- reading the pool ----------------------------------------------------------------------------
-
-
-@_without_gc
-def load_pool(layout: Layout) -> tuple[list[CropRecord], tuple[str, ...]]:
-    """The manifest's crops whose files are in the pool, and the crops listed but gone.
-
-    Crops deleted by hand (a bad crop removed from ``img/unsorted``) stay in the manifest,
-    whose rows are never removed; they are left out of splits and reports.
-    """
-    if not layout.manifest.is_file():
-        raise PoolError(f"no crop pool at {layout.pool}: run `toonvision extract` first")
-    records = load_manifest(layout.manifest)
-    if not records:
-        raise PoolError(f"the crop pool {layout.pool} is empty: run `toonvision extract` first")
-    present: dict[str, set[str]] = {}
-    kept, missing = [], []
-    for record in records:
-        if not _is_safe_relative(record.crop):
-            raise PoolError(
-                f"{layout.manifest}: crop path {record.crop!r} points outside the pool; fix that row "
-                "or move the manifest aside and run `toonvision extract` again"
-            )
-        folder, _, name = record.crop.rpartition("/")
-        if folder not in present:
-            present[folder] = _file_names(layout.pool / folder)
-        (kept if name in present[folder] else missing).append(record)
-    if missing:
-        logger.warning(
-            "%d crop%s listed in %s %s no longer in the pool (deleted?), e.g. %s; left out",
-            len(missing), "" if len(missing) == 1 else "s", layout.manifest,
-            "is" if len(missing) == 1 else "are", missing[0].crop,
-        )
-    if not kept:
-        raise PoolError(f"none of the crops listed in {layout.manifest} is in the pool; "
-                        "run `toonvision extract` again")
-    return kept, tuple(r.crop for r in missing)
-
-
-def _file_names(folder: Path) -> set[str]:
-    try:
-        with os.scandir(folder) as entries:
-            return {e.name for e in entries if e.is_file()}
-    except (FileNotFoundError, NotADirectoryError):
-        return set()
-
-
-def _is_safe_relative(path: str) -> bool:
-    """A relative POSIX path that stays below its root (no '..', no absolute, no empty parts)."""
-    if not path or "\\" in path or "\x00" in path or path.startswith("/"):
-        return False
-    parts = path.split("/")
-    return all(part not in ("", ".", "..") for part in parts)
 
 
 # --- writing -------------------------------------------------------------------------------------
