@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def test_evaluate_and_predict_defaults_are_the_functions_defaults() -> None:
     split = next(p for p in main.commands["evaluate"].params if p.name == "split")
     assert tuple(split.type.choices) == layout.SPLITS
     fmt = next(p for p in main.commands["predict"].params if p.name == "fmt")
-    assert tuple(fmt.type.choices) == constants.PREDICTION_FORMATS == evaluate.FORMATS
+    assert tuple(fmt.type.choices) == constants.PREDICTION_FORMATS
     assert fmt.default == "table"
 
 
@@ -129,24 +130,15 @@ def test_help_texts_show_the_library_defaults() -> None:
     assert "baseline optimized" in compare and "models/<task>/compare/" in compare
 
 
-def test_library_names_agree_with_the_shared_ones() -> None:
-    """Modules that still define their own copy must hold the same value (until they import the shared one)."""
-    from toonvision import compare, datasets, evaluate, explain, synth, train
-
-    copies = [
-        (train, "BEST_MODEL", layout.BEST_MODEL), (train, "BEST_INFO", layout.BEST_INFO),
-        (evaluate, "BEST_MODEL", layout.BEST_MODEL), (evaluate, "DEFAULT_WORST", constants.DEFAULT_WORST),
-        (evaluate, "FORMATS", constants.PREDICTION_FORMATS),
-        (datasets, "IMAGE_SUFFIXES", constants.KERAS_IMAGE_SUFFIXES),
-        (compare, "DEFAULT_MODELS", constants.DEFAULT_COMPARE_MODELS),
-        (compare, "DEFAULT_COMPARE_RUNS", constants.DEFAULT_COMPARE_RUNS),
-        (compare, "COMPARE_DIR", layout.COMPARE_DIR), (explain, "EXPLAIN_DIR", layout.EXPLAIN_DIR),
-        (synth, "DEFAULT_COUNT", constants.DEFAULT_SYNTH_COUNT),
-        (synth, "DEFAULT_TOON_SHARE", constants.DEFAULT_TOON_SHARE),
-    ]
-    for module, name, shared in copies:
-        if hasattr(module, name):
-            assert getattr(module, name) == shared, f"{module.__name__}.{name}"
-    assert synth.SynthConfig().size == DEFAULT_SYNTH_SIZE
-    assert constants.IMAGE_SUFFIXES == constants.PIL_IMAGE_SUFFIXES
+def test_shared_defaults_and_names_are_defined_once() -> None:
+    """Defaults and artifact names live in constants.py and layout.py; other modules import them, never copy them."""
+    package = Path(constants.__file__).parent
+    sources = {path: path.read_text(encoding="utf-8") for path in package.rglob("*.py")
+               if path.name not in ("constants.py", "layout.py")}
+    names = ("BEST_MODEL", "BEST_INFO", "DEFAULT_WORST", "FORMATS", "PREDICTION_FORMATS", "DEFAULT_MODELS",
+             "DEFAULT_COMPARE_RUNS", "COMPARE_DIR", "EXPLAIN_DIR", "EVALUATION_DIR", "IMAGE_SUFFIXES",
+             "DEFAULT_TOON_SHARE", "DEFAULT_IMAGE_SIZE", "DEFAULT_RATIOS")
+    copies = [f"{path.relative_to(package)}: {name}" for path, text in sources.items() for name in names
+              if re.search(rf"^{name}\s*=", text, re.MULTILINE)]
+    assert copies == []
     assert set(constants.KERAS_IMAGE_SUFFIXES) < set(constants.PIL_IMAGE_SUFFIXES)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,8 @@ from PIL import Image
 
 keras = pytest.importorskip("keras")
 
-from conftest import voc_xml  # noqa: E402
 from toonvision.cli import main  # noqa: E402
-from toonvision.errors import ModelFileError, PoolError, UsageError  # noqa: E402
+from toonvision.errors import PoolError, UsageError  # noqa: E402
 from toonvision.evaluate import evaluate  # noqa: E402
 from toonvision.layout import Layout  # noqa: E402
 from toonvision.manifest import CropRecord, save_manifest  # noqa: E402

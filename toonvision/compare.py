@@ -32,7 +32,17 @@ from typing import Any
 import numpy as np
 
 from toonvision import plots
-from toonvision.constants import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_IMAGE_SIZE, DEFAULT_RATIOS, FOLDER_LOCK
+from toonvision.constants import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_COMPARE_MODELS,
+    DEFAULT_COMPARE_RUNS,
+    DEFAULT_COMPARE_SEED,
+    DEFAULT_EPOCHS,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_RATIOS,
+    DEFAULT_WEIGHTS,
+    FOLDER_LOCK,
+)
 from toonvision.errors import TrainingError, UsageError
 from toonvision.fsutil import atomic_write_text, locked
 from toonvision.layout import Layout
@@ -45,9 +55,6 @@ from toonvision.train import TrainConfig, resolve_weights, train_run
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODELS = ("baseline", "optimized")
-DEFAULT_COMPARE_RUNS = 5
-COMPARE_DIR = "compare"
 COMPARE_JSON = "compare.json"
 COMPARE_CSV = "compare_runs.csv"
 COMPARE_HISTORIES = "compare_histories.jsonl"
@@ -62,16 +69,16 @@ class CompareConfig:
     """What ``compare`` trains: every model of ``models`` on the same ``runs`` splits."""
 
     task: str
-    models: tuple[str, ...] = DEFAULT_MODELS
+    models: tuple[str, ...] = DEFAULT_COMPARE_MODELS
     runs: int = DEFAULT_COMPARE_RUNS
     epochs: int = DEFAULT_EPOCHS
-    seed: int = 0
+    seed: int = DEFAULT_COMPARE_SEED
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
     batch_size: int = DEFAULT_BATCH_SIZE
     group: bool = True
     min_per_class: int | None = None
-    weights: str | None = "imagenet"  # mobilenetv2 only
+    weights: str | None = DEFAULT_WEIGHTS  # mobilenetv2 only
     task_config: Path | None = None
     verbose: bool = False
 
@@ -188,7 +195,7 @@ def compare(layout: Layout, config: CompareConfig, out: Path | None = None, prog
     weights = {m: resolve_weights(c) for m, c in configs.items()}  # a missing weights file fails before training
     with locked(layout.lock_file, str(layout.img_dir)):
         records, _missing = load_pool(layout)
-    out = Path(out) if out is not None else layout.task_models(task.name) / COMPARE_DIR
+    out = Path(out) if out is not None else layout.compare_dir(task.name)
     make_folder(out, "--out")
     runs: list[ComparedRun] = []
     classes: tuple[str, ...] = ()

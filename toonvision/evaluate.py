@@ -36,11 +36,11 @@ import numpy as np
 
 from toonvision import datasets
 from toonvision import plots as draw
-from toonvision.constants import DEFAULT_BATCH_SIZE, FOLDER_LOCK
+from toonvision.constants import DEFAULT_BATCH_SIZE, DEFAULT_EVALUATION_SPLIT, DEFAULT_WORST, FOLDER_LOCK
 from toonvision.errors import ImageError, ModelFileError, PoolError, SplitError, UsageError
 from toonvision.fsutil import atomic_write_text, locked, remove_stale_temp_files
 from toonvision.labels import shown_class
-from toonvision.layout import SPLITS, Layout
+from toonvision.layout import BEST_INFO, SPLITS, Layout, evaluation_dir_name
 from toonvision.metrics import Metrics, classification_metrics, decide, log_loss, row_normalise, worst_mistakes
 from toonvision.modelfile import LoadedModel, ModelInfo, open_model
 from toonvision.predict import InputImage, Prediction, predictions_csv
@@ -56,7 +56,6 @@ EVALUATION_JSON = "evaluation.json"
 PREDICTIONS_CSV = "predictions.csv"
 CONFUSION_PLOT = "confusion_matrix.png"
 WORST_PLOT = "worst_predictions.png"
-DEFAULT_WORST = 16
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ def evaluate(
     model: Path | None = None,
     *,
     task: str | None = None,
-    split: str = "test",
+    split: str = DEFAULT_EVALUATION_SPLIT,
     classes: Sequence[str] | str | None = None,
     out: Path | None = None,
     unsafe: bool = False,
@@ -137,8 +136,7 @@ def evaluate(
         model = layout.task_models(task)
     loaded = open_model(model, classes, unsafe)
     info = loaded.info
-    folder = "evaluation" if split == "test" else f"evaluation_{split}"
-    out = Path(out) if out is not None else info.path.parent / folder
+    out = Path(out) if out is not None else info.path.parent / evaluation_dir_name(split)
     with locked(out / FOLDER_LOCK, str(out)):  # a second evaluation into ``out`` is told at once
         return _score(layout, loaded, task, split, batch_size, out, worst, plots)
 
@@ -191,7 +189,7 @@ def missing_pool_files(plan: SplitPlan, pool: Path, split: str | None = None) ->
 
 
 def _dataset_from_record(layout: Layout, info: ModelInfo, split: str, batch_size: int) -> tuple[tf.data.Dataset, str]:
-    plan = plan_from_dict(info.record["split"], f"{info.path.parent / 'best.json'}")
+    plan = plan_from_dict(info.record["split"], str(info.path.parent / BEST_INFO))
     if tuple(plan.classes) != info.classes:
         raise ModelFileError(
             f"{info.path}: best.json's split has classes {','.join(plan.classes)} but the model "

@@ -28,6 +28,7 @@ import numpy as np
 
 from toonvision import plots
 from toonvision.errors import ImageError, UsageError
+from toonvision.layout import EXPLAIN_DIR
 from toonvision.metrics import decide
 from toonvision.modelfile import LoadedModel, open_model
 from toonvision.predict import InputImage, collect_inputs, preprocess
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EXPLAIN_DIR = "explain"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 FeatureFunction = Callable[["np.ndarray"], tuple]  # images -> (feature maps, model outputs)

@@ -33,7 +33,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from toonvision.constants import (
-    IMAGE_SUFFIXES,
+    PIL_IMAGE_SUFFIXES,
     MANIFEST_COMMIT_EVERY,
     PARALLEL_MIN_SCREENSHOTS,
     PNG_COMPRESS_LEVEL,
@@ -232,7 +232,7 @@ def discover(root: Path, exclude: Iterable[Path] = ()) -> Discovery:
                 problems.append(Problem(
                     str(folder_path / name), "is a symbolic link to a folder; not followed", severity=WARNING
                 ))
-            elif Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            elif Path(name).suffix.lower() in PIL_IMAGE_SUFFIXES:
                 problems.append(Problem(
                     str(folder_path / name), "is a folder named like an image; skipped", severity=WARNING
                 ))
@@ -244,7 +244,7 @@ def discover(root: Path, exclude: Iterable[Path] = ()) -> Discovery:
         for name in sorted(files):
             path = folder_path / name
             suffix = path.suffix.lower()
-            if suffix not in IMAGE_SUFFIXES and suffix != XML_SUFFIX:
+            if suffix not in PIL_IMAGE_SUFFIXES and suffix != XML_SUFFIX:
                 continue
             if not _is_utf8(name):
                 problems.append(Problem(printable_path(path), _NOT_UTF8, reason="bad name"))
@@ -553,7 +553,7 @@ def _finish_interrupted_moves(root: Path, processed: Path) -> None:
             continue
         for image in folder.glob(xml.stem + ".*"):
             target = xml.parent / image.name
-            if image.suffix.lower() in IMAGE_SUFFIXES and image.is_file() and not target.exists():
+            if image.suffix.lower() in PIL_IMAGE_SUFFIXES and image.is_file() and not target.exists():
                 os.replace(image, target)
                 logger.info("%s: finished an interrupted move to %s", image, target)
 

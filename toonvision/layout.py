@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from toonvision.constants import DEFAULT_EVALUATION_SPLIT
+
 SPLITS = ("train", "validate", "test")
 DEFAULT_IMG_DIR = "img"
 DEFAULT_MODELS_DIR = "models"
@@ -93,7 +95,7 @@ class Layout:
     def best_info(self, task: str) -> Path:
         return self.task_models(task) / BEST_INFO
 
-    def evaluation_dir(self, task: str, split: str = "test") -> Path:
+    def evaluation_dir(self, task: str, split: str = DEFAULT_EVALUATION_SPLIT) -> Path:
         """Where ``evaluate`` writes for the task's model: ``models/<task>/evaluation[_<split>]/``."""
         return self.task_models(task) / evaluation_dir_name(split)
 

@@ -39,6 +39,7 @@ import numpy as np
 from toonvision.constants import FOLDER_LOCK
 from toonvision.errors import TrainingError, UsageError
 from toonvision.fsutil import atomic_write_text, file_sha256, locked, remove_stale_temp_files_in
+from toonvision.layout import BEST_INFO, BEST_MODEL
 
 if TYPE_CHECKING:
     import keras
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-BEST_MODEL = "best.keras"
-BEST_INFO = "best.json"
 LEDGER = "runs.csv"
 HISTORIES = "histories.jsonl"
 TRAIN_INFO = "train.json"
@@ -360,6 +359,6 @@ def save_model(model: keras.Model | bytes, path: Path) -> None:
 
 
 __all__ = [
-    "BEST_INFO", "BEST_MODEL", "HISTORIES", "LEDGER", "LEDGER_COLUMNS", "TRAIN_INFO", "WORK", "FinishedRun",
+    "HISTORIES", "LEDGER", "LEDGER_COLUMNS", "TRAIN_INFO", "WORK", "FinishedRun",
     "Ledger", "RunRecord", "choose_best", "describe", "make_folder", "recorded_config", "save_model",
 ]

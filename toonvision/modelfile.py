@@ -29,13 +29,13 @@ import numpy as np
 
 from toonvision.errors import ModelFileError, UsageError
 from toonvision.fsutil import file_sha256
+from toonvision.layout import BEST_MODEL
 
 if TYPE_CHECKING:
     import keras
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
-BEST_MODEL = "best.keras"
 
 
 @dataclass(frozen=True)

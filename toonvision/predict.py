@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from toonvision.constants import DEFAULT_BATCH_SIZE, IMAGE_SUFFIXES, XML_SUFFIX
+from toonvision.constants import DEFAULT_BATCH_SIZE, PIL_IMAGE_SUFFIXES, PREDICTION_FORMATS, XML_SUFFIX
 from toonvision.errors import ImageError, UsageError
 from toonvision.extract import Screenshot, read_screenshot
 from toonvision.fsutil import glob_escape
@@ -38,7 +38,6 @@ from toonvision.problems import Problem, Severity, has_errors, without_source
 if TYPE_CHECKING:
     from PIL import Image
 
-FORMATS = ("table", "csv", "json")
 
 
 @dataclass(frozen=True)
@@ -103,11 +102,11 @@ def collect_inputs(paths: Iterable[Path]) -> tuple[list[InputImage], list[Proble
         if path.is_dir():
             files = sorted(
                 p for p in path.rglob("*")
-                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                if p.suffix.lower() in PIL_IMAGE_SUFFIXES and p.is_file()
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             if not files:
-                looked = ", ".join(IMAGE_SUFFIXES)
+                looked = ", ".join(PIL_IMAGE_SUFFIXES)
                 problems.append(Problem(str(path), f"no images in this folder (looked for {looked})"))
         elif path.is_file():
             files = [path]
@@ -125,7 +124,7 @@ def _images_for_xml(paths: Iterable[Path]) -> list[Path]:
     for path in paths:
         if path.suffix.lower() == XML_SUFFIX and path.is_file():
             images = sorted(p for p in path.parent.glob(f"{glob_escape(path.stem)}.*")
-                            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+                            if p.suffix.lower() in PIL_IMAGE_SUFFIXES and p.is_file())
             path = images[0] if len(images) == 1 else path
         if path not in out:
             out.append(path)
@@ -216,8 +215,8 @@ def format_predictions(
     predictions: Sequence[Prediction], classes: Sequence[str], fmt: str = "table", model: Path | None = None
 ) -> str:
     """Predictions as an aligned table, CSV (one column per class probability) or JSON."""
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt not in PREDICTION_FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(PREDICTION_FORMATS)}, got {fmt!r}")
     if fmt == "json":
         rows = [
             {

@@ -40,6 +40,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from toonvision.errors import PoolError, SplitError, UsageError
 from toonvision.fsutil import atomic_write_text, locked, pid_alive, recover_swap, swap_directory, write_error
+from toonvision.labels import shown_class
 from toonvision.layout import SPLITS, Layout
 from toonvision.manifest import CropRecord, load_pool
 from toonvision.manifest import is_safe_relative as _is_safe_relative
@@ -136,7 +137,7 @@ class SplitResult:
         plan = self.plan
         counts = plan.counts()
         ratios = plan.achieved_ratios()
-        names = {cls: _shown(cls, self.task.display_name(cls)) for cls in plan.classes}
+        names = {cls: shown_class(cls, self.task.display_name(cls)) for cls in plan.classes}
         width = max(len("class"), len("total"), *(len(n) for n in names.values()))
         cols = [f"{s:>8}" for s in plan.splits]
         target = "/".join(f"{r:.2f}" for r in plan.ratios)
@@ -783,10 +784,6 @@ def run_split(
         plan = plan_split(records, task, ratios, seed, group=group, min_per_class=min_per_class)
         path = write_split(plan, layout)
     return SplitResult(plan, path, task, seed_chosen=chosen, missing=missing)
-
-
-def _shown(cls: str, display: str) -> str:
-    return cls if display == cls else f"{cls} ({display})"
 
 
 def _shown_path(path: Path) -> str:

@@ -43,15 +43,15 @@ from toonvision.constants import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
     DEFAULT_IMAGE_SIZE,
+    DEFAULT_MODEL,
     DEFAULT_RATIOS,
     DEFAULT_RUNS,
+    DEFAULT_WEIGHTS,
 )
 from toonvision.errors import PoolLockedError, ToonVisionError, TrainingError, UsageError
 from toonvision.fsutil import locked
-from toonvision.layout import Layout
+from toonvision.layout import BEST_INFO, BEST_MODEL, Layout
 from toonvision.ledger import (
-    BEST_INFO,
-    BEST_MODEL,
     LEDGER,
     FinishedRun,
     Ledger,
@@ -85,7 +85,7 @@ class TrainConfig:
     """Everything that decides what ``train`` does; validated on construction."""
 
     task: str
-    model: str = "baseline"
+    model: str = DEFAULT_MODEL
     runs: int = DEFAULT_RUNS
     epochs: int = DEFAULT_EPOCHS
     seed: int | None = None  # None: chosen at random (or, with resume, the resumed training's)
@@ -94,7 +94,7 @@ class TrainConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     group: bool = True
     min_per_class: int | None = None
-    weights: str | None = "imagenet"  # mobilenetv2 only: "imagenet", a file path, or None
+    weights: str | None = DEFAULT_WEIGHTS  # mobilenetv2 only: "imagenet", a file path, or None
     dropout: float | None = None  # None: the model's default
     augment: bool | None = None  # None: the model's default (on for `optimized`)
     task_config: Path | None = None  # toonvision.toml with custom tasks

@@ -18,7 +18,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from toonvision.constants import IMAGE_SUFFIXES, SUITS
+from toonvision.constants import PIL_IMAGE_SUFFIXES, SUITS
 from toonvision.errors import PoolLockedError, UsageError
 from toonvision.fsutil import atomic_write_bytes, die_with_parent
 from toonvision.synth.config import NAME_PREFIX, SynthConfig, scene_name
@@ -200,7 +200,7 @@ def _remove_stale_temp_files(out_dir: Path) -> None:
 
 def _warn_about_foreign_images(out_dir: Path) -> None:
     foreign = [path for path in out_dir.iterdir()
-               if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(NAME_PREFIX + "_")]
+               if path.suffix.lower() in PIL_IMAGE_SUFFIXES and not path.name.startswith(NAME_PREFIX + "_")]
     if foreign:
         logger.warning("%s already holds %d screenshots that synth did not make (e.g. %s); the synthetic ones "
                        "are named %s_*.png and can be told apart", out_dir, len(foreign), foreign[0].name,
