@@ -271,16 +271,14 @@ def test_evaluate_cli_prints_the_report(tmp_path):
 
 
 def test_predict_preprocesses_exactly_as_training_decodes(tmp_path):
-    import tensorflow as tf
-
-    from toonvision import datasets
+    from toonvision import decode
     from toonvision.images import load_image
 
     path = tmp_path / "crop.png"
     noise = np.random.default_rng(1).integers(0, 256, (37, 23, 3), dtype=np.uint8)
     Image.fromarray(noise).save(path)
     ours = preprocess([load_image(path)], SIZE)[0]
-    training = datasets.decode_crop(tf.constant(str(path)), SIZE).numpy()
+    training = decode.resize(decode.decode_file(str(path)), SIZE).numpy()
     assert ours.dtype == np.float32 and ours.shape == (*SIZE, 3)
     assert np.array_equal(ours, training)
 
