@@ -19,7 +19,7 @@ from conftest import noise_image, voc_xml, write_screenshot
 from toonvision.cli import main
 from toonvision.errors import AnnotationError, PoolLockedError
 from toonvision.extract import ExtractOptions, discover, extract, validate
-from toonvision.fsutil import locked
+from toonvision.locks import locked
 from toonvision.layout import Layout
 from toonvision.manifest import load_manifest
 

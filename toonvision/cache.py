@@ -24,7 +24,7 @@ Where the pixels live::
     more than the budget                             img/.cache/crops/ on disk, shared by processes:
                                                      ├── pixels-<token>.u8   pixels, appended
                                                      ├── index.json          sha -> offset, size
-                                                     └── .lock               held while appending
+                                                     └── .lock               held while appending (locks.locked)
 
 The disk cache is append-only: new pixels are written past the committed end and fsynced, then
 ``index.json`` is replaced atomically, so a kill at any moment leaves the previous cache intact
@@ -36,7 +36,6 @@ memory. It holds derived data only: delete the folder at any time.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -47,21 +46,22 @@ import struct
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from toonvision.constants import CACHE_BUDGET_ENV, DEFAULT_CACHE_BUDGET
+from toonvision.constants import CACHE_BUDGET_ENV, DEFAULT_CACHE_BUDGET, FOLDER_LOCK
 from toonvision.decode import decode_files, decoder_version
-from toonvision.errors import ImageError, UsageError
-from toonvision.fsutil import atomic_write_text, remove_stale_temp_files, write_error
+from toonvision.errors import ImageError, UsageError, write_error
+from toonvision.fsutil import atomic_write_text, remove_stale_temp_files
+from toonvision.locks import locked
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the stored pixels would change meaning
 DISK_FOLDER = "crops"
 INDEX = "index.json"
-LOCK = ".lock"
+LOCK = FOLDER_LOCK
 DECODE_CHUNK = 512  # crops decoded and appended at a time (bounds memory while filling the disk cache)
 _HASH_THREADS = 4
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -136,7 +136,7 @@ class CropCache:
             return keys
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with _exclusive(self.folder / LOCK):
+            with locked(self.folder / LOCK, str(self.folder), wait=True):  # appends are short: wait, not refuse
                 self._load_index()  # another process may have appended since
                 if self._file is None:
                     self._start_disk_file()
@@ -449,14 +449,3 @@ def _read_index(path: Path) -> tuple[str, int, dict[str, tuple[int, int, int]]] 
         logger.warning("%s: decoded-crop cache index is damaged; starting the cache again", path)
         return None
     return name, size, entries
-
-
-@contextlib.contextmanager
-def _exclusive(lock_file: Path) -> Iterator[None]:
-    """Wait for and hold the cache's lock (appends are short, so waiting beats failing)."""
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

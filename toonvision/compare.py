@@ -32,8 +32,9 @@ import numpy as np
 
 from toonvision.constants import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_IMAGE_SIZE, DEFAULT_RATIOS, FOLDER_LOCK
 from toonvision.errors import TrainingError, UsageError
-from toonvision.fsutil import atomic_write_text, locked
+from toonvision.fsutil import atomic_write_text
 from toonvision.layout import Layout
+from toonvision.locks import locked
 
 if TYPE_CHECKING:
     from toonvision.split import SplitPlan

@@ -1,4 +1,4 @@
-"""Crash-safe file operations: atomic writes, directory swaps, and the img/ lock.
+"""Crash-safe file operations: atomic writes and directory swaps (the locks live in toonvision.locks).
 
 Every write of user-visible data goes through here so that a kill at any moment
 leaves either the old file or the new one, never a half-written mix.
@@ -7,8 +7,6 @@ leaves either the old file or the new one, never a half-written mix.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -16,18 +14,15 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
 
-from toonvision.errors import PoolLockedError, ToonVisionError
+from toonvision.errors import write_error
+from toonvision.locks import locked  # noqa: F401  (re-exported until evaluate.py imports it from locks)
 
 logger = logging.getLogger(__name__)
 
 _FILE_MODE: int | None = None  # read from the umask on first use, not at import
 
 _OLD_SUFFIX = ".old"
-
-_HELD_LOCKS: set[int] = set()  # descriptors of the locks this process holds (see locked)
-_FORK_HOOK = False
 
 
 def _default_file_mode() -> int:
@@ -128,17 +123,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_error(path: Path, exc: OSError, outcome: str = "nothing was changed") -> ToonVisionError:
-    """Turn a failed write into a message that names the path, the fix and what was kept."""
-    if exc.errno == errno.ENOSPC:
-        hint = "the disk is full; free some space and run the command again"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        hint = "the folder is not writable; fix its permissions or choose another folder"
-    else:
-        hint = exc.strerror or str(exc)
-    return ToonVisionError(f"{path}: cannot write ({hint}); {outcome}")
-
-
 def swap_directory(new: Path, target: Path) -> None:
     """Replace ``target`` with the fully built ``new`` folder beside it.
 
@@ -165,51 +149,6 @@ def recover_swap(target: Path) -> None:
     else:
         os.replace(old, target)
         logger.warning("%s: restored the previous folder after an interrupted swap", target)
-
-
-@contextlib.contextmanager
-def locked(lock_file: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_file`` for the duration of the block.
-
-    The kernel drops the lock when the holder dies, so a crash never leaves a stale lock.
-    Forked children (extract's workers) close their copy, so a killed holder's orphans
-    cannot keep it. ``what`` names the folder being guarded in the message to a second process.
-    """
-    global _FORK_HOOK
-    if not _FORK_HOOK and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_forget_locks)
-        _FORK_HOOK = True
-    lock_file = Path(lock_file)
-    try:
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise write_error(lock_file, exc) from exc
-    _HELD_LOCKS.add(fd)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
-            raise PoolLockedError(
-                f"another toonvision is working on {what}, pid {holder}; "
-                "wait for it to finish and run the command again"
-            ) from None
-        with contextlib.suppress(OSError):  # the pid is only for the message; a full disk may refuse it
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
-        yield
-    finally:
-        _HELD_LOCKS.discard(fd)
-        os.close(fd)
-
-
-def _forget_locks() -> None:
-    """In a forked child: close the inherited lock descriptors (never unlock: the parent holds them)."""
-    for fd in _HELD_LOCKS:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _HELD_LOCKS.clear()
 
 
 def die_with_parent(parent: int) -> None:

@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-from toonvision.errors import PoolError, SplitError, UsageError
-from toonvision.fsutil import atomic_write_text, locked, pid_alive, recover_swap, swap_directory, write_error
+from toonvision.errors import PoolError, SplitError, UsageError, write_error
+from toonvision.fsutil import atomic_write_text, pid_alive, recover_swap, swap_directory
 from toonvision.layout import SPLITS, Layout
+from toonvision.locks import locked
 from toonvision.manifest import CropRecord, load_manifest
 from toonvision.tasks import Task
 

@@ -47,8 +47,9 @@ from toonvision.constants import (
     FOLDER_LOCK,
 )
 from toonvision.errors import PoolLockedError, ToonVisionError, TrainingError, UsageError
-from toonvision.fsutil import atomic_write_text, file_sha256, locked, remove_stale_temp_files_in
+from toonvision.fsutil import atomic_write_text, file_sha256, remove_stale_temp_files_in
 from toonvision.layout import Layout
+from toonvision.locks import locked
 from toonvision.manifest import CropRecord
 from toonvision.models import get_model_spec
 
