@@ -47,7 +47,7 @@ def keras_batch(split_dir, size):
 @pytest.mark.parametrize("size", [(48, 44), (20, 16), (97, 61)])  # up, down and odd factors
 def test_decode_then_resize_equals_keras_loader_bit_for_bit(split_dir, size):
     paths, expected = keras_batch(split_dir, size)
-    for path, image in zip(paths, expected):
+    for path, image in zip(paths, expected, strict=True):
         ours = resize(decode_file(path), size).numpy()
         assert ours.dtype == np.float32 and ours.shape == (*size, 3)
         np.testing.assert_array_equal(ours, image)
@@ -57,7 +57,7 @@ def test_decode_files_equals_decode_file_in_order(split_dir):
     paths = sorted(str(p) for p in split_dir.rglob("*.*"))
     decoded = list(decode_files(paths))
     assert len(decoded) == len(paths)
-    for path, image in zip(paths, decoded):
+    for path, image in zip(paths, decoded, strict=True):
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
         np.testing.assert_array_equal(image, decode_file(path).numpy())
     assert list(decode_files([])) == []
