@@ -46,8 +46,9 @@ from toonvision.constants import (
     DEFAULT_RUNS,
     FOLDER_LOCK,
 )
+from toonvision.decode import find_undecodable
 from toonvision.errors import PoolLockedError, ToonVisionError, TrainingError, UsageError
-from toonvision.fsutil import atomic_write_text, file_sha256, remove_stale_temp_files_in
+from toonvision.fsutil import atomic_write_text, file_sha256, remove_stale_temp_files
 from toonvision.layout import Layout
 from toonvision.locks import locked
 from toonvision.manifest import CropRecord
@@ -344,7 +345,7 @@ def train_run(
         test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
     except tf.errors.OpError as exc:
         paths = train_ds.file_paths + val_ds.file_paths + test_ds.file_paths
-        bad = datasets.find_undecodable(paths)
+        bad = find_undecodable(paths)
         if bad is not None:
             raise bad from None
         raise TrainingError(f"run {k} (seed {seed}) failed inside TensorFlow: {exc.message.splitlines()[0]}") from None
@@ -422,7 +423,7 @@ class _Ledger:
     def open(cls, out: Path, config: TrainConfig, pool: str, classes: tuple[str, ...]) -> "_Ledger":
         """Start a new ledger, or continue one with --resume; refuse to clobber one silently."""
         info = {"config": config.identity(), "pool": pool, "classes": list(classes)}
-        remove_stale_temp_files_in(out)  # left by killed writes; only dead writers' files go
+        remove_stale_temp_files(out, "*", recursive=True)  # left by killed writes; only dead writers' files go
         existing = [name for name in _PROTECTED if (out / name).exists()]
         if existing and not (config.resume or config.overwrite):
             raise UsageError(
