@@ -13,9 +13,9 @@ once per pool per process, or once per pool on disk), so no run decodes a PNG ag
 pipeline per epoch is: cached crop indices -> shuffle (training: the whole split, seeded,
 a new order every epoch) -> read + bilinear resize, or with augmentation the fused resize +
 flip/rotation/zoom of ``toonvision.augment.augment_crop`` (per image, in parallel) ->
-batch -> prefetch. The resize (``toonvision.decode.resize``) is Keras' own op on the same uint8 pixels, so every
-unaugmented batch equals what ``from_directory`` yields for the same files, bit for bit;
-and no float32 copy of a split (4x the uint8 size) is ever held.
+batch -> prefetch. The resize (``toonvision.decode.resize``) is Keras' own op on the same
+uint8 pixels, so every unaugmented batch equals what ``from_directory`` yields for the same
+files, bit for bit; and no float32 copy of a split (4x the uint8 size) is ever held.
 Labels follow the head: ``binary`` (float32, shape (1,)) for 2 classes, ``int`` otherwise.
 """
 
