@@ -13,6 +13,7 @@ from PIL import Image
 tf = pytest.importorskip("tensorflow")
 
 from conftest import write_colour_pool  # noqa: E402
+
 from toonvision import cache as cache_module  # noqa: E402
 from toonvision.cache import (  # noqa: E402
     DISK_FOLDER,
@@ -20,10 +21,10 @@ from toonvision.cache import (  # noqa: E402
     CropCache,
     cache_budget,
     crop_cache,
-    decode_native,
     forget_shared,
 )
-from toonvision.datasets import decode_crop, from_directory, from_plan  # noqa: E402
+from toonvision.datasets import from_directory, from_plan  # noqa: E402
+from toonvision.decode import decode_file, resize  # noqa: E402
 from toonvision.errors import UsageError  # noqa: E402
 from toonvision.split import plan_split, write_split  # noqa: E402
 from toonvision.tasks import get_task  # noqa: E402
@@ -56,7 +57,7 @@ def paths_of(layout, records):
 
 
 def fresh(path):
-    return decode_native(tf.constant(path)).numpy()
+    return decode_file(tf.constant(path)).numpy()
 
 
 def test_cached_pixels_equal_a_fresh_decode(pool, kind):
@@ -83,15 +84,15 @@ def test_training_batches_equal_keras_loader_bit_for_bit(pool, kind, size):
         got = np.concatenate([x for x, _ in dataset])
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, expected)
-        single = decode_crop(tf.constant(dataset.file_paths[0]), size).numpy()
+        single = resize(decode_file(tf.constant(dataset.file_paths[0])), size).numpy()
         np.testing.assert_array_equal(got[0], single)
 
 
 def test_shared_cache_decodes_each_crop_once_per_process(pool, monkeypatch):
     layout, records = pool
     decoded = []
-    real = cache_module.decode_crops
-    monkeypatch.setattr(cache_module, "decode_crops", lambda paths: decoded.extend(paths) or real(paths))
+    real = cache_module.decode_files
+    monkeypatch.setattr(cache_module, "decode_files", lambda paths: decoded.extend(paths) or real(paths))
     paths = paths_of(layout, records)
     first = crop_cache(layout.cache, paths[:10])
     again = crop_cache(layout.cache, paths)  # 8 more crops: only those are decoded
@@ -131,7 +132,7 @@ def test_past_the_budget_the_pool_is_cached_on_disk_and_reused_by_another_proces
     index = json.loads((folder / INDEX).read_text())
     assert len(index["crops"]) == 18 and index["size"] == cache.nbytes
     # a new process: nothing to decode, the same pixels
-    monkeypatch.setattr(cache_module, "decode_crops", lambda paths: pytest.fail(f"decoded {paths}"))
+    monkeypatch.setattr(cache_module, "decode_files", lambda paths: pytest.fail(f"decoded {paths}"))
     forget_shared()
     again = crop_cache(layout.cache, paths, budget="10k")
     for path, key in zip(paths, again.ensure(paths)):

@@ -22,8 +22,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import write_colour_pool, write_pool, write_screenshot
+
 from toonvision.errors import ModelFileError, PoolLockedError, ToonVisionError
 from toonvision.extract import ExtractOptions, extract
 from toonvision.fsutil import atomic_write_bytes
@@ -415,7 +415,7 @@ def test_rerun_evaluation_leaves_no_temp_files(tf_case):
 
 def test_a_second_evaluation_into_the_same_folder_is_told_who_holds_it(tf_case):
     from toonvision.evaluate import evaluate
-    from toonvision.fsutil import locked
+    from toonvision.locks import locked
 
     _, _, evaluated, _ = tf_case
     folder = evaluated.task_models("binary") / "evaluation"
@@ -427,7 +427,7 @@ def test_a_second_evaluation_into_the_same_folder_is_told_who_holds_it(tf_case):
 
 
 def test_a_second_training_of_the_task_is_told_who_holds_it(tf_case, tmp_path):
-    from toonvision.fsutil import locked
+    from toonvision.locks import locked
     from toonvision.train import TrainConfig, train
 
     layout, _ = write_colour_pool(tmp_path / "img", {"cog_bb_a": 10, "toon_cat": 10})

@@ -224,6 +224,7 @@ def test_a_model_without_best_json_is_scored_on_the_task_folder_with_a_warning(t
 
 def test_evaluate_a_trained_model_reproduces_its_recorded_test_metrics(tmp_path):
     from conftest import write_colour_pool
+
     from toonvision.train import TrainConfig, train
 
     layout, _ = write_colour_pool(tmp_path / "img", {"cog_bb_a": 6, "toon_cat": 6})

@@ -13,11 +13,18 @@ keras = pytest.importorskip("keras")
 
 from conftest import voc_xml  # noqa: E402
 from test_evaluate import COLOURS, SIZE, colour_image, colour_model  # noqa: E402
+
 from toonvision.cli import main  # noqa: E402
+from toonvision.decode import model_input  # noqa: E402
 from toonvision.errors import UsageError  # noqa: E402
+from toonvision.explain import (  # noqa: E402
+    explain,
+    find_conv_layer,
+    find_layer,
+    gradcam,
+    resize_heatmap,
+)
 from toonvision.modelfile import LoadedModel, ModelInfo  # noqa: E402
-from toonvision.predict import preprocess  # noqa: E402
-from toonvision.explain import explain, find_conv_layer, find_layer, gradcam, resize_heatmap  # noqa: E402
 from toonvision.models import build_model  # noqa: E402
 
 
@@ -47,7 +54,7 @@ def test_heatmaps_have_the_image_size_values_in_0_1_and_point_at_each_class(clas
     assert not np.allclose(red, green)
     assert red[:, :8].mean() > 0.9 > 0.3 > red[:, 12:].mean()  # red is on the left
     assert green[:, 12:].mean() > 0.9 > 0.3 > green[:, :8].mean()
-    assert np.allclose(e.probabilities, model.probabilities(preprocess([image], SIZE))[0], atol=1e-6)
+    assert np.allclose(e.probabilities, model.probabilities(model_input([image], SIZE))[0], atol=1e-6)
 
 
 def test_last_convolution_is_found_inside_a_nested_mobilenetv2_base():

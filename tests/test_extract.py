@@ -13,14 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import noise_image, voc_xml, write_screenshot
 from PIL import Image
 
-from conftest import noise_image, voc_xml, write_screenshot
 from toonvision.cli import main
 from toonvision.errors import AnnotationError, PoolLockedError
-from toonvision.extract import ExtractOptions, Screenshot, discover, extract, read_screenshot, validate
-from toonvision.fsutil import locked
+from toonvision.extract import (
+    ExtractOptions,
+    Screenshot,
+    discover,
+    extract,
+    read_screenshot,
+    validate,
+)
 from toonvision.layout import Layout
+from toonvision.locks import locked
 from toonvision.manifest import load_manifest
 from toonvision.problems import Severity
 

@@ -22,9 +22,9 @@ from typing import Callable
 
 import pytest
 from click.testing import CliRunner
+from conftest import noise_image, voc_xml, write_screenshot
 from PIL import Image
 
-from conftest import noise_image, voc_xml, write_screenshot
 from toonvision.cli import main
 from toonvision.constants import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_XML_BYTES
 from toonvision.manifest import load_manifest

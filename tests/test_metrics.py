@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from toonvision.metrics import classification_metrics, confusion_matrix, decide, log_loss, row_normalise, worst_mistakes
+from toonvision.metrics import (
+    classification_metrics,
+    confusion_matrix,
+    decide,
+    log_loss,
+    row_normalise,
+    worst_mistakes,
+)
 
 
 def test_metrics_equal_a_hand_computed_confusion_matrix():

@@ -8,11 +8,21 @@ from click.testing import CliRunner
 
 keras = pytest.importorskip("keras")
 
-from test_evaluate import SIZE, TWO, colour_image, colour_model, colour_pool, hand_plan, save_best  # noqa: E402
+from test_evaluate import (  # noqa: E402
+    SIZE,
+    TWO,
+    colour_image,
+    colour_model,
+    colour_pool,
+    hand_plan,
+    save_best,
+)
+
 from toonvision.cli import main  # noqa: E402
+from toonvision.decode import model_input  # noqa: E402
 from toonvision.errors import ModelFileError, UsageError  # noqa: E402
 from toonvision.modelfile import load_model, open_model  # noqa: E402
-from toonvision.predict import predict, preprocess  # noqa: E402
+from toonvision.predict import predict  # noqa: E402
 
 
 def test_hdf5_model_renamed_keras_loads_and_predicts(tmp_path):
@@ -27,7 +37,7 @@ def test_hdf5_model_renamed_keras_loads_and_predicts(tmp_path):
 
     loaded = open_model(legacy, classes="bb,lb,cb,sb")
     assert loaded.info.legacy and loaded.info.image_size == SIZE and loaded.info.classes == ("bb", "lb", "cb", "sb")
-    images = preprocess([colour_image("red"), colour_image("blue")], SIZE)
+    images = model_input([colour_image("red"), colour_image("blue")], SIZE)
     assert np.allclose(loaded.probabilities(images), model.predict(images, verbose=0), atol=1e-6)
     colour_image("red").save(tmp_path / "c.png")
     assert len(predict(legacy, [tmp_path / "c.png"], classes="bb,lb,cb,sb").predictions) == 1

@@ -13,21 +13,21 @@ keras = pytest.importorskip("keras")
 
 from conftest import voc_xml  # noqa: E402
 from test_evaluate import COLOURS, SIZE, colour_image, colour_model  # noqa: E402
+
+from toonvision.decode import model_input  # noqa: E402
 from toonvision.errors import UsageError  # noqa: E402
-from toonvision.predict import format_predictions, predict, preprocess  # noqa: E402
+from toonvision.predict import format_predictions, predict  # noqa: E402
 
 
 def test_predict_preprocesses_exactly_as_training_decodes(tmp_path):
-    import tensorflow as tf
-
-    from toonvision import datasets
+    from toonvision import decode
     from toonvision.images import load_image
 
     path = tmp_path / "crop.png"
     noise = np.random.default_rng(1).integers(0, 256, (37, 23, 3), dtype=np.uint8)
     Image.fromarray(noise).save(path)
-    ours = preprocess([load_image(path)], SIZE)[0]
-    training = datasets.decode_crop(tf.constant(str(path)), SIZE).numpy()
+    ours = model_input([load_image(path)], SIZE)[0]
+    training = decode.resize(decode.decode_file(str(path)), SIZE).numpy()
     assert ours.dtype == np.float32 and ours.shape == (*SIZE, 3)
     assert np.array_equal(ours, training)
 

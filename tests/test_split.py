@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from toonvision import split as split_module
 from toonvision.cli import main
 from toonvision.errors import PoolError, PoolLockedError, SplitError, UsageError
-from toonvision.fsutil import locked
+from toonvision.locks import locked
 from toonvision.manifest import CropRecord
 from toonvision.split import (
     SplitPlan,

@@ -18,10 +18,24 @@ keras = pytest.importorskip("keras")
 
 from conftest import write_colour_pool  # noqa: E402
 
-from toonvision.errors import ImageError, PoolError, SplitError, TrainingError, UsageError  # noqa: E402
+from toonvision.errors import (  # noqa: E402
+    ImageError,
+    PoolError,
+    SplitError,
+    TrainingError,
+    UsageError,
+)
 from toonvision.fsutil import file_sha256  # noqa: E402
 from toonvision.layout import Layout  # noqa: E402
-from toonvision.ledger import BEST_INFO, BEST_MODEL, HISTORIES, LEDGER, TRAIN_INFO, RunRecord, choose_best  # noqa: E402
+from toonvision.ledger import (  # noqa: E402
+    BEST_INFO,
+    BEST_MODEL,
+    HISTORIES,
+    LEDGER,
+    TRAIN_INFO,
+    RunRecord,
+    choose_best,
+)
 from toonvision.split import load_split, plan_from_dict  # noqa: E402
 from toonvision.train import TrainConfig, train  # noqa: E402
 

@@ -26,6 +26,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from toonvision.decode import resize
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
@@ -220,8 +222,7 @@ def augment_crop(
     images = tf.reshape(image, [1, shape[0], shape[1], 3])
     mid = _resample(tf.cast(images, tf.float32), tf.reshape(matrix, [1, 9])[:, :8],
                     tf.stack([mid_height, mid_width]), spec.fill_mode, spec.interpolation)
-    method = "nearest" if spec.interpolation == "nearest" else "bilinear"
-    return tf.ensure_shape(tf.image.resize(mid, (height, width), method=method)[0], (height, width, 3))
+    return resize(mid, (height, width), method="nearest" if spec.interpolation == "nearest" else "bilinear")[0]
 
 
 def augment_dataset(dataset: "tf.data.Dataset", seed: int, spec: AugmentSpec = DEFAULT_AUGMENT) -> "tf.data.Dataset":

@@ -1,11 +1,12 @@
 """Decoded crops, kept once per pool: in this process's memory, or on disk past a RAM budget.
 
 Every training run re-splits the pool but trains on the same crops, so each crop is decoded
-once, by TensorFlow exactly as Keras' loader decodes it (``tf.io.decode_image``, 3 channels,
+once, exactly as Keras' loader decodes it (``toonvision.decode.decode_files``: 3 channels,
 uint8), and its pixels are kept **at the crop's own size, as uint8**, keyed by the SHA-256 of
-the crop file. The datasets resize them to the model's input every epoch with Keras' bilinear
-``tf.image.resize``, so a run trains on exactly, bit for bit, what ``from_directory`` and
-``evaluate`` feed the model, at any ``--image-size`` (one cache serves every size).
+the crop file. The datasets resize them to the model's input every epoch with
+``toonvision.decode.resize`` (Keras' bilinear ``tf.image.resize``), so a run trains on exactly,
+bit for bit, what ``from_directory`` and ``evaluate`` feed the model, at any ``--image-size``
+(one cache serves every size).
 
 Why not cache the resized image: as float32 it is 4x the uint8 size (the original's 1.2 GB
 for 862 crops); rounded to uint8 it is no longer what evaluation feeds (up to 0.5 off); as
@@ -23,7 +24,7 @@ Where the pixels live::
     more than the budget                             img/.cache/crops/ on disk, shared by processes:
                                                      ├── pixels-<token>.u8   pixels, appended
                                                      ├── index.json          sha -> offset, size
-                                                     └── .lock               held while appending
+                                                     └── .lock               held while appending (locks.locked)
 
 The disk cache is append-only: new pixels are written past the committed end and fsynced, then
 ``index.json`` is replaced atomically, so a kill at any moment leaves the previous cache intact
@@ -35,7 +36,6 @@ memory. It holds derived data only: delete the folder at any time.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -46,23 +46,22 @@ import struct
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from toonvision.constants import CACHE_BUDGET_ENV, DEFAULT_CACHE_BUDGET
-from toonvision.errors import ImageError, UsageError
-from toonvision.fsutil import atomic_write_text, remove_stale_temp_files, write_error
-
-if TYPE_CHECKING:
-    import tensorflow as tf
+from toonvision.constants import CACHE_BUDGET_ENV, DEFAULT_CACHE_BUDGET, FOLDER_LOCK
+from toonvision.decode import decode_files, decoder_version
+from toonvision.errors import ImageError, UsageError, write_error
+from toonvision.fsutil import atomic_write_text, remove_stale_temp_files
+from toonvision.locks import locked
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the stored pixels would change meaning
 DISK_FOLDER = "crops"
 INDEX = "index.json"
-LOCK = ".lock"
+LOCK = FOLDER_LOCK
 DECODE_CHUNK = 512  # crops decoded and appended at a time (bounds memory while filling the disk cache)
 _HASH_THREADS = 4
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -137,7 +136,7 @@ class CropCache:
             return keys
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with _exclusive(self.folder / LOCK):
+            with locked(self.folder / LOCK, str(self.folder), wait=True):  # appends are short: wait, not refuse
                 self._load_index()  # another process may have appended since
                 if self._file is None:
                     self._start_disk_file()
@@ -183,7 +182,7 @@ class CropCache:
         items = list(todo.items())
         for start in range(0, len(items), DECODE_CHUNK):
             chunk = items[start:start + DECODE_CHUNK]
-            images = list(decode_crops([path for _, path in chunk]))
+            images = list(decode_files([path for _, path in chunk]))
             self._append([key for key, _ in chunk], images)
 
     def _append(self, keys: Sequence[str], images: Sequence[np.ndarray]) -> None:
@@ -241,7 +240,7 @@ class CropCache:
         assert self.folder is not None and self._file is not None
         index = {
             "format": CACHE_FORMAT,
-            "decoder": _decoder_version(),
+            "decoder": decoder_version(),
             "pixels": self._file.path.name,
             "size": self._used,
             "crops": {key: list(entry) for key, entry in self._entries.items()},
@@ -308,37 +307,7 @@ def forget_shared() -> None:
     _SHARED.clear()
 
 
-# -- decoding ----------------------------------------------------------------------------------
-
-def decode_crops(paths: Sequence[str]) -> Iterator[np.ndarray]:
-    """Decode image files as Keras' loader does (``tf.io.decode_image``, RGB, uint8), in order.
-
-    Several are decoded at once; a file that does not decode raises ImageError naming it.
-    """
-    import tensorflow as tf
-
-    if not paths:
-        return
-    dataset = tf.data.Dataset.from_tensor_slices(list(paths)).map(
-        decode_native, num_parallel_calls=tf.data.AUTOTUNE
-    )
-    try:
-        yield from dataset.as_numpy_iterator()
-    except (tf.errors.OpError, ValueError):
-        from toonvision.datasets import find_undecodable
-
-        bad = find_undecodable(paths)
-        if bad is not None:
-            raise bad from None
-        raise ImageError(f"cannot decode the crops starting at {paths[0]}; check the files") from None
-
-
-def decode_native(path: "tf.Tensor") -> "tf.Tensor":
-    """One image file as (height, width, 3) uint8, exactly the first step of Keras' loader."""
-    import tensorflow as tf
-
-    return tf.image.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-
+# -- identifying -------------------------------------------------------------------------------
 
 _IDENTITIES: dict[str, tuple[int, int, str, int]] = {}  # path -> (size, mtime_ns, key, decoded bytes)
 
@@ -393,12 +362,6 @@ def _decoded_bytes(data: bytes) -> int:
             return image.width * image.height * 3
     except Exception:  # the decoder will name the file; the estimate only picks RAM or disk
         return 0
-
-
-def _decoder_version() -> str:
-    import tensorflow as tf
-
-    return f"tf.io.decode_image rgb uint8, tensorflow {'.'.join(tf.__version__.split('.')[:2])}"
 
 
 # -- storage -------------------------------------------------------------------------------------
@@ -477,7 +440,7 @@ def _read_index(path: Path) -> tuple[str, int, dict[str, tuple[int, int, int]]] 
         name, size = index["pixels"], int(index["size"])
         entries = {str(k): (int(v[0]), int(v[1]), int(v[2])) for k, v in index["crops"].items()}
         pixels = path.parent / name
-        if (index.get("format") != CACHE_FORMAT or index.get("decoder") != _decoder_version()
+        if (index.get("format") != CACHE_FORMAT or index.get("decoder") != decoder_version()
                 or not re.fullmatch(r"pixels-[0-9a-f]+\.u8", name) or pixels.stat().st_size < size):
             return None
     except FileNotFoundError:
@@ -486,14 +449,3 @@ def _read_index(path: Path) -> tuple[str, int, dict[str, tuple[int, int, int]]] 
         logger.warning("%s: decoded-crop cache index is damaged; starting the cache again", path)
         return None
     return name, size, entries
-
-
-@contextlib.contextmanager
-def _exclusive(lock_file: Path) -> Iterator[None]:
-    """Wait for and hold the cache's lock (appends are short, so waiting beats failing)."""
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

@@ -204,7 +204,9 @@ class MultiValueCommand(click.Command):
 
 
 def _parse_ratio(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...]:
-    from toonvision.split import check_ratios  # stage modules load when a command needs them: start-up time
+    from toonvision.split import (
+        check_ratios,  # stage modules load when a command needs them: start-up time
+    )
 
     if value is None:
         return tuple(DEFAULT_RATIOS)
@@ -358,7 +360,10 @@ def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, see
 
 
 def _parse_synth_size(ctx: click.Context, param: click.Parameter, value: str) -> HW:
-    from toonvision.synth import MAX_SIZE, MIN_SIZE  # loads with the command: start-up time
+    from toonvision.synth import (  # loads with the command: start-up time
+        MAX_SIZE,
+        MIN_SIZE,
+    )
 
     size = _parse_hw(value)
     if not (MIN_SIZE.height <= size.height <= MAX_SIZE.height and MIN_SIZE.width <= size.width <= MAX_SIZE.width):

@@ -44,9 +44,10 @@ from toonvision.constants import (
     FOLDER_LOCK,
 )
 from toonvision.errors import TrainingError, UsageError
-from toonvision.fsutil import atomic_write_text, locked
+from toonvision.fsutil import atomic_write_text
 from toonvision.layout import Layout
 from toonvision.ledger import LEDGER_COLUMNS, RunRecord, describe, make_folder
+from toonvision.locks import locked
 from toonvision.manifest import load_pool
 from toonvision.progress import progress_bar
 from toonvision.split import SplitPlan, plan_split

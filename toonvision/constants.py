@@ -34,7 +34,6 @@ def parse_hw(text: str) -> HW:
 
 # Files
 PIL_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")  # screenshots, predict
-IMAGE_SUFFIXES = PIL_IMAGE_SUFFIXES  # the old name, until its users say PIL_IMAGE_SUFFIXES
 KERAS_IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # what image_dataset_from_directory reads
 XML_SUFFIX = ".xml"
 MAX_XML_BYTES = 5 * 1024 * 1024

@@ -1,7 +1,7 @@
 """tf.data pipelines over a split, fed from decoded crops and resized exactly as Keras does.
 
 Two sources, one decoding (Keras' ``image_dataset_from_directory``: read, decode to RGB,
-bilinear resize to (height, width), float32 0..255)::
+bilinear resize to (height, width), float32 0..255; ``toonvision.decode`` does the same)::
 
     img/data/<task>/<split>/<class>/*.png  --from_directory-->  batches   (evaluate, predict)
     SplitPlan + pool + CropCache            --from_plan------->  batches   (every training run)
@@ -13,9 +13,9 @@ once per pool per process, or once per pool on disk), so no run decodes a PNG ag
 pipeline per epoch is: cached crop indices -> shuffle (training: the whole split, seeded,
 a new order every epoch) -> read + bilinear resize, or with augmentation the fused resize +
 flip/rotation/zoom of ``toonvision.augment.augment_crop`` (per image, in parallel) ->
-batch -> prefetch. The resize is Keras' own op on the same uint8 pixels, so every
-unaugmented batch equals what ``from_directory`` yields for the same files, bit for bit;
-and no float32 copy of a split (4x the uint8 size) is ever held.
+batch -> prefetch. The resize (``toonvision.decode.resize``) is Keras' own op on the same
+uint8 pixels, so every unaugmented batch equals what ``from_directory`` yields for the same
+files, bit for bit; and no float32 copy of a split (4x the uint8 size) is ever held.
 Labels follow the head: ``binary`` (float32, shape (1,)) for 2 classes, ``int`` otherwise.
 """
 
@@ -23,12 +23,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from toonvision.augment import AugmentSpec, augment_crop
 from toonvision.cache import CropCache, Reader, weak_reader
-from toonvision.constants import DEFAULT_BATCH_SIZE, DEFAULT_IMAGE_SIZE
-from toonvision.errors import ImageError, SplitError, UsageError
+from toonvision.constants import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_IMAGE_SIZE,
+    KERAS_IMAGE_SUFFIXES,
+)
+from toonvision.decode import resize
+from toonvision.errors import SplitError, UsageError
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -37,7 +42,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # what image_dataset_from_directory reads
 SHUFFLE_BATCHES = 8  # from_directory's per-epoch shuffle buffer, in batches (Keras' own choice)
 PREFETCH_BATCHES = 1  # a float32 batch ready ahead of the model: overlaps input and training, bounded memory
 
@@ -133,7 +137,7 @@ def from_plan(
         return tf.expand_dims(tf.cast(label, tf.float32), -1) if binary else label
 
     def load(row: "tf.Tensor", label: "tf.Tensor") -> tuple["tf.Tensor", "tf.Tensor"]:
-        return resize_cached(read, row, size), target(label)
+        return resize(read_cached(read, row), size), target(label)
 
     def load_augmented(element: tuple["tf.Tensor", "tf.Tensor"], image_seed: "tf.Tensor") -> tuple["tf.Tensor", "tf.Tensor"]:
         row, label = element
@@ -163,25 +167,6 @@ def read_cached(read: Reader, row: "tf.Tensor") -> "tf.Tensor":
     return tf.reshape(image, tf.stack([row[1], row[2], 3]))
 
 
-def resize_cached(read: Reader, row: "tf.Tensor", image_size: tuple[int, int]) -> "tf.Tensor":
-    """A cached crop resized to float32 ``image_size`` as Keras' loader does."""
-    import tensorflow as tf
-
-    image = tf.image.resize(read_cached(read, row), image_size, method="bilinear")
-    image.set_shape((*image_size, 3))
-    return image
-
-
-def decode_crop(path: "tf.Tensor", image_size: tuple[int, int]) -> "tf.Tensor":
-    """Read and decode one image to float32 RGB of ``image_size``, exactly as Keras' loader does."""
-    import tensorflow as tf
-
-    image = tf.image.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    image = tf.image.resize(image, image_size, method="bilinear")
-    image.set_shape((*image_size, 3))
-    return image
-
-
 def list_split_files(split_dir: Path, classes: Sequence[str]) -> list[Path]:
     """The image files of every class folder, in class order; an error naming a missing or empty folder."""
     split_dir = Path(split_dir)
@@ -195,43 +180,14 @@ def list_split_files(split_dir: Path, classes: Sequence[str]) -> list[Path]:
                 f"{folder}: class folder missing (expected one per class: {', '.join(classes)}); "
                 "run `toonvision split` again"
             )
-        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in KERAS_IMAGE_SUFFIXES and p.is_file())
         if not found:
             raise SplitError(
-                f"{folder}: no images (looked for {', '.join(IMAGE_SUFFIXES)}); "
+                f"{folder}: no images (looked for {', '.join(KERAS_IMAGE_SUFFIXES)}); "
                 "every class needs crops in every split: label more or run `toonvision split` again"
             )
         files.extend(found)
     return files
-
-
-def find_undecodable(paths: Iterable[str | Path]) -> ImageError | None:
-    """The first file that does not decode, as an ImageError naming it; None if all decode.
-
-    TensorFlow's decode errors do not name the file, so after one this finds the culprit.
-    """
-    import tensorflow as tf
-
-    for path in paths:
-        try:
-            tf.image.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as exc:
-            reason = _tf_reason(exc.message) or type(exc).__name__
-            return ImageError(
-                f"{path}: cannot be decoded as an image ({reason}); remove it from the pool "
-                "or re-export it, then run `toonvision extract` again"
-            )
-    return None
-
-
-def _tf_reason(message: str | None) -> str:
-    """TensorFlow's error text without its op-node wrapper: "Invalid PNG. Failed to initialize decoder"."""
-    import re
-
-    line = (message or "").strip().splitlines()[0] if (message or "").strip() else ""
-    line = re.sub(r"\{\{[^}]*\}\}\s*", "", line)
-    line = re.sub(r"\s*\[Op:[^\]]*\].*$", "", line)
-    return line.strip().rstrip(".")
 
 
 def _check_arguments(

@@ -9,9 +9,15 @@
     ├── SplitError          a split that cannot be made or read
     ├── TrainingError       a training run that cannot start or finish
     └── ModelFileError      a model file that cannot be loaded safely
+
+``write_error`` turns a failed write (an OSError) into a ToonVisionError that names the path,
+the fix and what was kept.
 """
 
 from __future__ import annotations
+
+import errno
+from pathlib import Path
 
 
 class ToonVisionError(Exception):
@@ -52,3 +58,14 @@ class TrainingError(ToonVisionError):
 
 class ModelFileError(ToonVisionError):
     """Raised when a model file is missing, unsafe or does not fit the task."""
+
+
+def write_error(path: Path, exc: OSError, outcome: str = "nothing was changed") -> ToonVisionError:
+    """Turn a failed write into a message that names the path, the fix and what was kept."""
+    if exc.errno == errno.ENOSPC:
+        hint = "the disk is full; free some space and run the command again"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "the folder is not writable; fix its permissions or choose another folder"
+    else:
+        hint = exc.strerror or str(exc)
+    return ToonVisionError(f"{path}: cannot write ({hint}); {outcome}")

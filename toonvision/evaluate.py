@@ -36,12 +36,32 @@ import numpy as np
 
 from toonvision import datasets
 from toonvision import plots as draw
-from toonvision.constants import DEFAULT_BATCH_SIZE, DEFAULT_EVALUATION_SPLIT, DEFAULT_WORST, FOLDER_LOCK
-from toonvision.errors import ImageError, ModelFileError, PoolError, SplitError, UsageError
-from toonvision.fsutil import atomic_write_text, locked, remove_stale_temp_files
+from toonvision.constants import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EVALUATION_SPLIT,
+    DEFAULT_WORST,
+    FOLDER_LOCK,
+)
+from toonvision.decode import find_undecodable
+from toonvision.errors import (
+    ImageError,
+    ModelFileError,
+    PoolError,
+    SplitError,
+    UsageError,
+)
+from toonvision.fsutil import atomic_write_text, remove_stale_temp_files
 from toonvision.labels import shown_class
 from toonvision.layout import BEST_INFO, SPLITS, Layout, evaluation_dir_name
-from toonvision.metrics import Metrics, classification_metrics, decide, log_loss, row_normalise, worst_mistakes
+from toonvision.locks import locked
+from toonvision.metrics import (
+    Metrics,
+    classification_metrics,
+    decide,
+    log_loss,
+    row_normalise,
+    worst_mistakes,
+)
 from toonvision.modelfile import LoadedModel, ModelInfo, open_model
 from toonvision.predict import InputImage, Prediction, predictions_csv
 from toonvision.problems import without_source
@@ -246,7 +266,7 @@ def _predict_dataset(loaded: LoadedModel, dataset: tf.data.Dataset) -> tuple[lis
             probabilities.append(loaded.probabilities(images))
             labels.append(np.asarray(y).reshape(-1).astype(np.int64))
     except tf.errors.OpError as exc:
-        bad = datasets.find_undecodable(dataset.file_paths)
+        bad = find_undecodable(dataset.file_paths)
         if bad is not None:
             raise bad from None
         raise ImageError(f"cannot read the crops to score ({exc.message.splitlines()[0]})") from None

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from toonvision import plots
+from toonvision.decode import model_input
 from toonvision.errors import ImageError, UsageError
 from toonvision.layout import EXPLAIN_DIR
 from toonvision.metrics import decide
 from toonvision.modelfile import LoadedModel, open_model
-from toonvision.predict import InputImage, collect_inputs, preprocess
+from toonvision.predict import InputImage, collect_inputs
 from toonvision.problems import Problem, has_errors, without_source
 
 if TYPE_CHECKING:
@@ -315,7 +316,7 @@ def resize_heatmap(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def gradcam(loaded: LoadedModel, image, path: Sequence[str] | None = None) -> Explanation:
     """Predict one PIL image and compute one heatmap per class at the image's own size."""
     path = tuple(path) if path else find_conv_layer(loaded.model)
-    x = preprocess([image], loaded.info.image_size)
+    x = model_input([image], loaded.info.image_size)
     maps, probabilities = class_activation_maps(loaded.model, x, path, len(loaded.info.classes))
     maps = maps[0]
     height, width = image.size[1], image.size[0]

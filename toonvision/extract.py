@@ -33,19 +33,32 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from toonvision.constants import (
-    PIL_IMAGE_SUFFIXES,
     MANIFEST_COMMIT_EVERY,
     PARALLEL_MIN_SCREENSHOTS,
+    PIL_IMAGE_SUFFIXES,
     PNG_COMPRESS_LEVEL,
     XML_SUFFIX,
 )
-from toonvision.errors import AnnotationError, ImageError, ToonVisionError, UsageError
-from toonvision.fsutil import die_with_parent, locked, remove_stale_temp_files, write_error
+from toonvision.errors import (
+    AnnotationError,
+    ImageError,
+    ToonVisionError,
+    UsageError,
+    write_error,
+)
+from toonvision.fsutil import die_with_parent, remove_stale_temp_files
 from toonvision.images import decode_image, read_image_bytes
 from toonvision.labels import group_of, normalise_label, read_classes_file
 from toonvision.layout import Layout
+from toonvision.locks import locked
 from toonvision.manifest import CropRecord, load_manifest, save_manifest
-from toonvision.problems import Problem, Severity, has_errors, printable_path, without_source
+from toonvision.problems import (
+    Problem,
+    Severity,
+    has_errors,
+    printable_path,
+    without_source,
+)
 from toonvision.voc import WarningKind, load_annotation
 
 logger = logging.getLogger(__name__)

@@ -1,33 +1,41 @@
-"""Crash-safe file operations: atomic writes, directory swaps, and the img/ lock.
+"""Crash-safe file operations: atomic writes, directory swaps, and the cleaning of what killed writers left.
 
 Every write of user-visible data goes through here so that a kill at any moment
-leaves either the old file or the new one, never a half-written mix.
+leaves either the old file or the new one, never a half-written mix. A killed writer
+leaves a hidden temp file or build folder whose name holds its pid; the next run deletes
+it with :func:`remove_stale_temp_files`. The locks live in :mod:`toonvision.locks`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
+import fnmatch
+import glob
 import hashlib
 import logging
 import os
+import re
+import secrets
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
 
-from toonvision.errors import PoolLockedError, ToonVisionError
+from toonvision.errors import write_error
 
 logger = logging.getLogger(__name__)
 
 _FILE_MODE: int | None = None  # read from the umask on first use, not at import
 
 _OLD_SUFFIX = ".old"
+_BUILD_MARK = ".building-"
 
-_HELD_LOCKS: set[int] = set()  # descriptors of the locks this process holds (see locked)
-_FORK_HOOK = False
+# what killed writers leave: .<name>.<pid>.<random>.tmp (atomic_write_bytes) and
+# .<name>.building-<pid>-<random> (build_folder); older versions wrote temps without the pid
+_TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp")
+_BUILD = re.compile(rf"\.(?P<name>.+){re.escape(_BUILD_MARK)}(?P<pid>\d+)-.*")
+_OLD_TEMP = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]+\.tmp")
+
 
 
 def _default_file_mode() -> int:
@@ -68,33 +76,50 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name[:80]}."
 
 
-def remove_stale_temp_files_in(folder: Path) -> None:
-    """Delete every temp file (``.<name>.<pid>.<random>.tmp``) under ``folder`` whose writer is gone."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return
-    for stale in folder.rglob(".*.tmp"):
-        parts = stale.name.split(".")
-        pid = parts[-3] if len(parts) >= 4 else ""
-        if pid.isdigit() and not pid_alive(int(pid)):
-            with contextlib.suppress(OSError):
-                stale.unlink()
+def remove_stale_temp_files(
+    path: Path, names: str | None = None, *, recursive: bool = False, any_writer: bool = False
+) -> None:
+    """Delete the temp files and build folders that killed writers of ``path`` left beside it.
 
-
-def remove_stale_temp_files(path: Path) -> None:
-    """Delete temp files that a killed :func:`atomic_write_bytes` of ``path`` left behind.
-
-    Only files whose writer process is gone are deleted, so this is safe without a lock.
+    With ``names`` (a glob over the written files' names, "*" for all), ``path`` is a folder and
+    the leftovers of every matching file in it are meant; ``recursive`` looks in sub-folders too.
+    Only leftovers whose writer process is gone are deleted, so this is safe without a lock; a temp
+    file without a pid (older versions) goes only when its file is named. ``any_writer`` deletes
+    them whatever their pid, for a caller whose lock keeps every writer out (synth).
     """
     path = Path(path)
-    prefix = _temp_prefix(path)
-    for stale in path.parent.glob(f"{glob_escape(prefix)}*.tmp"):
-        pid = stale.name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and pid_alive(int(pid)):
+    folder, pattern, named = (path.parent, path.name[:80], True) if names is None else (path, names, False)
+    if not folder.is_dir():
+        return
+    where = f".{glob.escape(pattern) if named else pattern}.*"  # both kinds begin ".<name>."
+    for stale in list(folder.rglob(where) if recursive else folder.glob(where)):
+        leftover = _leftover(stale)
+        if leftover is None or not (leftover[0] == pattern if named else fnmatch.fnmatchcase(leftover[0], pattern)):
             continue
-        with contextlib.suppress(OSError):
-            stale.unlink()
-            logger.debug("%s: removed a temp file left by an interrupted write", stale)
+        pid = leftover[1]
+        if any_writer or (pid is None and named) or (pid is not None and not pid_alive(pid)):
+            with contextlib.suppress(OSError):
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink()
+                logger.debug("%s: removed what an interrupted write left", stale)
+
+
+def _leftover(path: Path) -> tuple[str, int | None] | None:
+    """(the name being written, the writer's pid or None) when ``path`` is a temp file or build folder."""
+    kind = _BUILD if path.is_dir() and not path.is_symlink() else _TEMP
+    match = kind.fullmatch(path.name)
+    if match is not None:
+        return match["name"], int(match["pid"])
+    match = None if kind is _BUILD else _OLD_TEMP.fullmatch(path.name)
+    return (match["name"], None) if match is not None else None
+
+
+def build_folder(target: Path) -> Path:
+    """A fresh hidden name beside ``target`` for a folder to build and then swap in (see swap_directory)."""
+    target = Path(target)
+    return target.with_name(f".{target.name}{_BUILD_MARK}{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def pid_alive(pid: int) -> bool:
@@ -119,24 +144,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` as UTF-8 to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def write_error(path: Path, exc: OSError, outcome: str = "nothing was changed") -> ToonVisionError:
-    """Turn a failed write into a message that names the path, the fix and what was kept."""
-    if exc.errno == errno.ENOSPC:
-        hint = "the disk is full; free some space and run the command again"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        hint = "the folder is not writable; fix its permissions or choose another folder"
-    else:
-        hint = exc.strerror or str(exc)
-    return ToonVisionError(f"{path}: cannot write ({hint}); {outcome}")
 
 
 def swap_directory(new: Path, target: Path) -> None:
@@ -165,51 +175,6 @@ def recover_swap(target: Path) -> None:
     else:
         os.replace(old, target)
         logger.warning("%s: restored the previous folder after an interrupted swap", target)
-
-
-@contextlib.contextmanager
-def locked(lock_file: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_file`` for the duration of the block.
-
-    The kernel drops the lock when the holder dies, so a crash never leaves a stale lock.
-    Forked children (extract's workers) close their copy, so a killed holder's orphans
-    cannot keep it. ``what`` names the folder being guarded in the message to a second process.
-    """
-    global _FORK_HOOK
-    if not _FORK_HOOK and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_forget_locks)
-        _FORK_HOOK = True
-    lock_file = Path(lock_file)
-    try:
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise write_error(lock_file, exc) from exc
-    _HELD_LOCKS.add(fd)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
-            raise PoolLockedError(
-                f"another toonvision is working on {what}, pid {holder}; "
-                "wait for it to finish and run the command again"
-            ) from None
-        with contextlib.suppress(OSError):  # the pid is only for the message; a full disk may refuse it
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
-        yield
-    finally:
-        _HELD_LOCKS.discard(fd)
-        os.close(fd)
-
-
-def _forget_locks() -> None:
-    """In a forked child: close the inherited lock descriptors (never unlock: the parent holds them)."""
-    for fd in _HELD_LOCKS:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _HELD_LOCKS.clear()
 
 
 def die_with_parent(parent: int) -> None:

@@ -38,8 +38,9 @@ import numpy as np
 
 from toonvision.constants import FOLDER_LOCK
 from toonvision.errors import TrainingError, UsageError
-from toonvision.fsutil import atomic_write_text, file_sha256, locked, remove_stale_temp_files_in
+from toonvision.fsutil import atomic_write_text, file_sha256, remove_stale_temp_files
 from toonvision.layout import BEST_INFO, BEST_MODEL
+from toonvision.locks import locked
 
 if TYPE_CHECKING:
     import keras
@@ -191,7 +192,7 @@ class Ledger:
         resume: bool, overwrite: bool, derived: Sequence[str],
     ) -> Ledger:
         info = {"config": dict(identity), "pool": pool, "classes": list(classes)}
-        remove_stale_temp_files_in(out)  # left by killed writes; only dead writers' files go
+        remove_stale_temp_files(out, "*", recursive=True)  # left by killed writes; only dead writers' files go
         existing = [name for name in _PROTECTED if (out / name).exists()]
         if existing and not (resume or overwrite):
             raise UsageError(

@@ -27,10 +27,9 @@ def plot_training_curves(
     histories: Sequence[Mapping[str, Sequence[float | None]]], path: Path, title: str = ""
 ) -> Path:
     """Accuracy and loss per epoch (train and validation): every run faint, the mean over runs bold."""
+    import numpy as np
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
-
-    import numpy as np
 
     figure = Figure(figsize=(12, 4.5), dpi=_DPI)
     panels = (("accuracy", "val_accuracy", "accuracy"), ("loss", "val_loss", "loss"))
@@ -68,9 +67,8 @@ def plot_test_boxplots(
     test_accuracy: Sequence[float], test_loss: Sequence[float], path: Path, title: str = ""
 ) -> Path:
     """Box plots of test accuracy and test loss over runs, every run drawn as a dot."""
-    from matplotlib.figure import Figure
-
     import numpy as np
+    from matplotlib.figure import Figure
 
     figure = Figure(figsize=(8, 4.5), dpi=_DPI)
     for index, (values, name) in enumerate(((test_accuracy, "test accuracy"), (test_loss, "test loss")), start=1):
@@ -92,9 +90,9 @@ def plot_test_boxplots(
 def plot_architecture(model: "keras.Model", path: Path) -> Path | None:
     """The model's layers drawn with visualkeras; None (and a warning) if visualkeras cannot draw it."""
     try:
-        import visualkeras
-
         import io
+
+        import visualkeras
 
         from toonvision.fsutil import atomic_write_bytes
 
@@ -226,9 +224,8 @@ def plot_confusion_matrix(
     names: Sequence[str], counts: Any, normalised: Any, path: Path, title: str = ""
 ) -> Path:
     """Two panels: raw counts and row-normalised shares; actual classes down, predicted across."""
-    from matplotlib.figure import Figure
-
     import numpy as np
+    from matplotlib.figure import Figure
 
     counts, normalised = np.asarray(counts), np.asarray(normalised, dtype=float)
     n = len(names)
@@ -286,9 +283,8 @@ def plot_gradcam(
 
     Overlays lie on a grey copy of the image, so the heatmap's colours are not mixed with the image's.
     """
-    from matplotlib.figure import Figure
-
     import numpy as np
+    from matplotlib.figure import Figure
 
     grey = np.asarray(image, dtype=float)[..., :3] @ np.array([0.299, 0.587, 0.114])
     panels = len(heatmaps) + 1
@@ -348,9 +344,8 @@ def plot_compare_boxplots(
     title: str = "",
 ) -> Path:
     """Box plots of test accuracy and test loss, one box per model, every run drawn as a dot."""
-    from matplotlib.figure import Figure
-
     import numpy as np
+    from matplotlib.figure import Figure
 
     figure = Figure(figsize=(max(8.0, 2.2 * len(test_accuracy) + 4), 4.8), dpi=_DPI)
     for index, (values, name) in enumerate(((test_accuracy, "test accuracy"), (test_loss, "test loss")), start=1):

@@ -17,6 +17,7 @@ and the others are still classified. Nothing is written.
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 from collections.abc import Iterable, Sequence
@@ -26,10 +27,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from toonvision.constants import DEFAULT_BATCH_SIZE, PIL_IMAGE_SUFFIXES, PREDICTION_FORMATS, XML_SUFFIX
+from toonvision.constants import (
+    DEFAULT_BATCH_SIZE,
+    PIL_IMAGE_SUFFIXES,
+    PREDICTION_FORMATS,
+    XML_SUFFIX,
+)
+from toonvision.decode import model_input
 from toonvision.errors import ImageError, UsageError
 from toonvision.extract import Screenshot, read_screenshot
-from toonvision.fsutil import glob_escape
 from toonvision.images import decode_image, load_image
 from toonvision.metrics import decide
 from toonvision.modelfile import LoadedModel, open_model
@@ -123,7 +129,7 @@ def _images_for_xml(paths: Iterable[Path]) -> list[Path]:
     out: list[Path] = []
     for path in paths:
         if path.suffix.lower() == XML_SUFFIX and path.is_file():
-            images = sorted(p for p in path.parent.glob(f"{glob_escape(path.stem)}.*")
+            images = sorted(p for p in path.parent.glob(f"{glob.escape(path.stem)}.*")
                             if p.suffix.lower() in PIL_IMAGE_SUFFIXES and p.is_file())
             path = images[0] if len(images) == 1 else path
         if path not in out:
@@ -147,23 +153,6 @@ def _add_file(file: Path, inputs: list[InputImage], problems: list[Problem]) -> 
         inputs.append(InputImage(str(file), crop.obj, crop.box, crop.label, crop.png))
 
 
-def preprocess(images: Sequence[Image.Image], image_size: tuple[int, int]) -> np.ndarray:
-    """8-bit RGB images -> float32 (n, h, w, 3) in 0..255, resized as Keras' loader resizes.
-
-    ``image_dataset_from_directory`` (and ``datasets.from_plan``) call ``tf.image.resize`` with
-    bilinear interpolation, no antialiasing and no aspect-ratio padding; so does this.
-    """
-    import tensorflow as tf  # lazy: TensorFlow takes seconds to import
-
-    if not images:
-        return np.zeros((0, *image_size, 3), dtype=np.float32)
-    arrays = [
-        tf.image.resize(np.asarray(image.convert("RGB"), dtype=np.uint8), image_size, method="bilinear").numpy()
-        for image in images
-    ]
-    return np.stack(arrays).astype(np.float32)
-
-
 def predict_inputs(
     loaded: LoadedModel, inputs: Sequence[InputImage], batch_size: int = DEFAULT_BATCH_SIZE
 ) -> tuple[list[Prediction], list[Problem]]:
@@ -181,7 +170,7 @@ def predict_inputs(
                 problems.append(Problem(item.file, without_source(exc, item.file), item.obj))
         if not kept:
             continue
-        probabilities = loaded.probabilities(preprocess(images, loaded.info.image_size))
+        probabilities = loaded.probabilities(model_input(images, loaded.info.image_size))
         predictions.extend(_predictions(kept, probabilities, loaded.info.classes))
     return predictions, problems
 
@@ -263,5 +252,5 @@ def predictions_csv(predictions: Sequence[Prediction], classes: Sequence[str]) -
 
 __all__ = [
     "InputImage", "PredictResult", "Prediction", "collect_inputs", "format_predictions", "predict",
-    "predict_inputs", "predictions_csv", "preprocess",
+    "predict_inputs", "predictions_csv",
 ]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import glob
 import io
 import json
 import logging
@@ -38,10 +37,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from toonvision.errors import PoolError, SplitError, UsageError
-from toonvision.fsutil import atomic_write_text, locked, pid_alive, recover_swap, swap_directory, write_error
+from toonvision.errors import PoolError, SplitError, UsageError, write_error
+from toonvision.fsutil import (
+    atomic_write_text,
+    build_folder,
+    recover_swap,
+    remove_stale_temp_files,
+    swap_directory,
+)
 from toonvision.labels import shown_class
 from toonvision.layout import SPLITS, Layout
+from toonvision.locks import locked
 from toonvision.manifest import CropRecord, load_pool
 from toonvision.manifest import is_safe_relative as _is_safe_relative
 from toonvision.manifest import without_gc as _without_gc
@@ -56,7 +62,6 @@ FORMAT_VERSION = 1
 RATIO_TOLERANCE = 1e-6
 MAX_IMPROVEMENT_PASSES = 20
 CLASS_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")  # a safe folder name
-_BUILD_MARK = ".building-"
 _LINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
@@ -541,8 +546,8 @@ def write_split(plan: SplitPlan, layout: Layout, dest: Path | None = None) -> Pa
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         recover_swap(target)
-        _remove_stale_builds(target)
-        build = target.with_name(f".{target.name}{_BUILD_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+        remove_stale_temp_files(target)  # half-built folders of killed runs (their process is gone)
+        build = build_folder(target)
         build.mkdir()  # not mkdtemp: its 0700 mode would become the split's after the swap
     except OSError as exc:
         raise write_error(target, exc) from exc
@@ -597,15 +602,6 @@ def _fill(plan: SplitPlan, files: Sequence[str], pool: Path, build: Path) -> Non
             ) from None
     if copied:
         logger.info("%d files were copied because hard links into %s are impossible", copied, build.parent)
-
-
-def _remove_stale_builds(target: Path) -> None:
-    """Delete half-built folders left by killed runs (their process is gone)."""
-    prefix = f".{target.name}{_BUILD_MARK}"
-    for path in target.parent.glob(f"{glob.escape(prefix)}*"):
-        pid_text = path.name[len(prefix):].split("-", 1)[0]
-        if pid_text.isdigit() and not pid_alive(int(pid_text)):
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def format_split_csv(plan: SplitPlan, files: Sequence[str] | None = None) -> str:

@@ -48,8 +48,13 @@ from toonvision.constants import (
     DEFAULT_RUNS,
     DEFAULT_WEIGHTS,
 )
-from toonvision.errors import PoolLockedError, ToonVisionError, TrainingError, UsageError
-from toonvision.fsutil import locked
+from toonvision.decode import find_undecodable
+from toonvision.errors import (
+    PoolLockedError,
+    ToonVisionError,
+    TrainingError,
+    UsageError,
+)
 from toonvision.layout import BEST_INFO, BEST_MODEL, Layout
 from toonvision.ledger import (
     LEDGER,
@@ -60,10 +65,23 @@ from toonvision.ledger import (
     make_folder,
     recorded_config,
 )
+from toonvision.locks import locked
 from toonvision.manifest import CropRecord, load_pool
-from toonvision.models import build_model, default_dropout, get_model_spec, resolve_mobilenet_weights
+from toonvision.models import (
+    build_model,
+    default_dropout,
+    get_model_spec,
+    resolve_mobilenet_weights,
+)
 from toonvision.progress import Bar, progress_bar
-from toonvision.split import SplitPlan, check_ratios, plan_from_dict, plan_split, plan_to_dict, write_split
+from toonvision.split import (
+    SplitPlan,
+    check_ratios,
+    plan_from_dict,
+    plan_split,
+    plan_to_dict,
+    write_split,
+)
 from toonvision.tasks import Task, get_task
 
 if TYPE_CHECKING:
@@ -270,7 +288,7 @@ def train_run(layout: Layout, config: TrainConfig, plan: SplitPlan, k: int, weig
         test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
     except tf.errors.OpError as exc:
         paths = train_ds.file_paths + val_ds.file_paths + test_ds.file_paths
-        bad = datasets.find_undecodable(paths)
+        bad = find_undecodable(paths)
         if bad is not None:
             raise bad from None
         raise TrainingError(f"run {k} (seed {seed}) failed inside TensorFlow: {exc.message.splitlines()[0]}") from None

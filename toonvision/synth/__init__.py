@@ -46,8 +46,12 @@ from toonvision.synth.config import (
 )
 from toonvision.synth.plan import PlannedEntity, ScenePlan, plan_scene
 from toonvision.synth.render import Scene, encode_png, render_plan, render_scene
-from toonvision.synth.scenery import _BACKGROUND_VARIANTS as _BACKGROUND_VARIANTS  # bench/bench_synth.py
-from toonvision.synth.scenery import _STYLE_NAMES as _STYLE_NAMES  # times the backdrops on their own
+from toonvision.synth.scenery import (
+    _BACKGROUND_VARIANTS as _BACKGROUND_VARIANTS,  # bench/bench_synth.py
+)
+from toonvision.synth.scenery import (
+    _STYLE_NAMES as _STYLE_NAMES,  # times the backdrops on their own
+)
 from toonvision.synth.scenery import _backdrop as _backdrop
 from toonvision.synth.scenery import _backdrop_width as _backdrop_width
 from toonvision.synth.specs import COG_LABELS, DEFAULT_WEIGHTS, LABELS, RGB, TOON_LABELS

@@ -8,7 +8,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from toonvision.constants import DEFAULT_SYNTH_COUNT, DEFAULT_SYNTH_SIZE, DEFAULT_TOON_SHARE, HW
+from toonvision.constants import (
+    DEFAULT_SYNTH_COUNT,
+    DEFAULT_SYNTH_SIZE,
+    DEFAULT_TOON_SHARE,
+    HW,
+)
 from toonvision.errors import UsageError
 from toonvision.synth.specs import COG_LABELS, DEFAULT_WEIGHTS, LABELS, TOON_LABELS
 

@@ -12,7 +12,12 @@ import numpy as np
 from toonvision.constants import HW
 from toonvision.synth.config import SynthConfig, scene_name
 from toonvision.synth.draw import _CogLook, _font_size, _measure, _text_width, _ToonLook
-from toonvision.synth.scenery import _BACKGROUND_VARIANTS, _STYLE_NAMES, _backdrop_width, _horizon
+from toonvision.synth.scenery import (
+    _BACKGROUND_VARIANTS,
+    _STYLE_NAMES,
+    _backdrop_width,
+    _horizon,
+)
 from toonvision.synth.specs import (
     _COG_SPECS,
     _COGS,

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
-import fcntl
 import logging
 import multiprocessing
 import os
@@ -19,14 +17,21 @@ import numpy as np
 from PIL import Image
 
 from toonvision.constants import PIL_IMAGE_SUFFIXES, SUITS
-from toonvision.errors import PoolLockedError, UsageError
-from toonvision.fsutil import atomic_write_bytes, die_with_parent
+from toonvision.errors import UsageError
+from toonvision.fsutil import (
+    atomic_write_bytes,
+    die_with_parent,
+    remove_stale_temp_files,
+)
+from toonvision.locks import locked
 from toonvision.synth.config import NAME_PREFIX, SynthConfig, scene_name
 from toonvision.synth.render import Scene, encode_png, render_scene
 from toonvision.synth.specs import LABELS
 from toonvision.voc import format_annotation
 
 logger = logging.getLogger(__name__)
+
+_BUSY = "another toonvision synth is writing to {what}; wait for it to finish and run the command again"
 _T = TypeVar("_T")
 
 PARALLEL_MIN_SCENES = 32  # below this, starting worker processes costs more than it saves
@@ -81,8 +86,8 @@ def synthesize(out_dir: Path, config: SynthConfig, *, overwrite: bool = False, w
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir}: is a file, not a folder; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _folder_lock(out_dir):
-        _remove_stale_temp_files(out_dir)
+    with locked(out_dir, str(out_dir), message=_BUSY):
+        remove_stale_temp_files(out_dir, f"{NAME_PREFIX}_*", any_writer=True)  # the lock is ours: every temp is stale
         _warn_about_foreign_images(out_dir)
         return _synthesize(out_dir, config, overwrite, _workers(workers, config.count), progress)
 
@@ -170,32 +175,6 @@ def _write_pair(png: Path, xml: Path, png_data: bytes, xml_data: bytes) -> None:
     """The PNG first, then its XML: a kill in between leaves a PNG that the next run completes."""
     atomic_write_bytes(png, png_data)
     atomic_write_bytes(xml, xml_data)
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    """One synth per folder at a time: an advisory lock on the folder itself (no lock file left behind)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PoolLockedError(f"another toonvision synth is writing to {folder}; wait for it to finish "
-                                  "and run the command again") from None
-        yield
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temp_files(out_dir: Path) -> None:
-    """Temp files of a synth that was killed mid-write: fsutil names them ``.<name>.<writer pid>.<random>.tmp``.
-
-    Every ``.synth_*.tmp`` here is stale whatever its pid, as this run holds the folder lock.
-    """
-    for stale in out_dir.glob(f".{NAME_PREFIX}_*.tmp"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
-            logger.debug("%s: removed a temp file left by an interrupted run", stale)
 
 
 def _warn_about_foreign_images(out_dir: Path) -> None:
