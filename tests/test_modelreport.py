@@ -360,3 +360,12 @@ def test_file_names_agree_with_the_stages_that_write_them() -> None:
             found += 1
             assert getattr(module, name) == getattr(modelreport, name), f"{module.__name__}.{name}"
     assert found >= 4
+
+
+def test_the_demo_names_each_tasks_report(tmp_path: Path) -> None:
+    from toonvision import demo
+
+    config = demo.DemoConfig(root=tmp_path / "tv")
+    where = demo._where(demo.demo_layout(config.root), config)
+    for task in config.tasks:
+        assert str(demo.demo_layout(config.root).task_models(task) / REPORT_HTML) in where
