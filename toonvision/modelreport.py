@@ -381,7 +381,8 @@ def _metrics(value: Any) -> tuple[tuple[str, float | None, float | None], ...]:
     return tuple((s, _number(m.get("loss")), _number(m.get("accuracy"))) for s, m in rows)
 
 
-_NOT_OPTIONS = {"task", "classes", "display_names", "metrics", "split", "versions", "created", "model_sha256"}
+_NOT_OPTIONS = {"task", "model", "image_size", "classes", "display_names", "metrics", "split", "versions", "created",
+                "model_sha256"}  # shown elsewhere on the page, or at the end of the options
 
 
 def _options(info: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -390,7 +391,7 @@ def _options(info: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     for key, value in info.items():
         if key in _NOT_OPTIONS:
             continue
-        rows.append((str(key), _image_size(value) if key == "image_size" else _text(value)))
+        rows.append((str(key), _text(value)))
     if "model_sha256" in info:
         rows.append(("model_sha256", _text(info["model_sha256"])))
     return tuple(rows)
@@ -620,10 +621,11 @@ def _pairs(rows: Sequence[tuple[str, str]]) -> str:
     return f'<table class="pairs"><tbody>{body}</tbody></table>'
 
 
-def _img(figure: Figure) -> str:
+def _img(figure: Figure, size: str = "full") -> str:
+    """The figure inline; ``size`` "medium" caps its width (strips of small images read better smaller)."""
     data = base64.b64encode(figure.png).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(figure.name)}" width="{figure.width}" '
-            f'style="aspect-ratio: {figure.width} / {figure.height}">'
+    return (f'<figure class="{size}"><img src="data:image/png;base64,{data}" alt="{_e(figure.name)}" '
+            f'width="{figure.width}" style="aspect-ratio: {figure.width} / {figure.height}">'
             f"<figcaption>{_e(figure.caption)} <span class=\"file\">{_e(figure.name)}</span></figcaption></figure>")
 
 
@@ -780,7 +782,7 @@ def _gradcam_section(data: ReportData) -> str:
     shown = f"{len(data.gradcams)} of {data.gradcam_total}" if data.gradcam_total > len(data.gradcams) else "all"
     intro = (f"<p>Where the model looked for each class ({shown} maps in {_e(EXPLAIN_DIR)}/): the image, then "
              "one heatmap per class titled with its probability.</p>")
-    return intro + "".join(_img(f) for f in data.gradcams)
+    return intro + "".join(_img(f, "medium") for f in data.gradcams)
 
 
 def _audit_section(audit: AuditSummary) -> str:
@@ -853,6 +855,7 @@ table.confusion caption { caption-side: bottom; color: var(--muted); font-size: 
 .side { display: flex; flex-wrap: wrap; gap: 36px; align-items: flex-start; }
 figure { margin: 14px 0 22px; }
 figure img { display: block; max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
+figure.medium img { max-width: min(100%, 820px); }
 figcaption { font-size: 13px; color: var(--muted); margin-top: 6px; }
 footer { margin-top: 40px; color: var(--muted); font-size: 12px; border-top: 1px solid var(--line); padding-top: 10px; }
 @media print { body { background: #fff; } main { box-shadow: none; } nav { display: none; } }
