@@ -142,7 +142,8 @@ class _GlobalOptions:
     def merged(self, after: dict[str, Any]) -> _GlobalOptions:
         """A folder given after the command wins; a flag is on when given in either place."""
         return _GlobalOptions(
-            after["img_dir"] or self.img_dir, after["models_dir"] or self.models_dir,
+            self.img_dir if after["img_dir"] is None else after["img_dir"],
+            self.models_dir if after["models_dir"] is None else after["models_dir"],
             self.quiet or after["quiet"], self.verbose or after["verbose"],
         )
 

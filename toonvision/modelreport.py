@@ -189,9 +189,6 @@ class ReportData:
     made: str
     generator: str
 
-    def display(self, cls: str) -> str:
-        return dict(self.display_names).get(cls, cls)
-
     @property
     def test_accuracy(self) -> float | None:
         return next((acc for split, _loss, acc in self.metrics if split == "test"), None)
