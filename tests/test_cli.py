@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from toonvision import constants, layout
 from toonvision.cli import main
 from toonvision.constants import DEFAULT_IMAGE_SIZE, DEFAULT_SYNTH_SIZE, HW, parse_hw
 from toonvision.demo import DemoConfig
+from toonvision.layout import Layout
 from toonvision.tasks import BUILTIN_TASKS, CONFIG_NAME
 
 
@@ -142,3 +144,95 @@ def test_shared_defaults_and_names_are_defined_once() -> None:
               if re.search(rf"^{name}\s*=", text, re.MULTILINE)]
     assert copies == []
     assert set(constants.KERAS_IMAGE_SUFFIXES) < set(constants.PIL_IMAGE_SUFFIXES)
+
+
+# --- global options before or after the command -----------------------------------------------------
+
+GLOBAL_FLAGS = ("--img-dir", "--models-dir", "--quiet", "--verbose")
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_global_options_after_the_command_behave_as_before_it(tmp_path: Path, quiet: bool) -> None:
+    from conftest import write_screenshot
+
+    img = tmp_path / "img"
+    flags = ["--quiet"] if quiet else []
+    outcomes = []
+    for args in (["--img-dir", str(img), *flags, "extract"], ["extract", "--img-dir", str(img), *flags]):
+        shutil.rmtree(img, ignore_errors=True)
+        shots = img / "raw" / "screenshots"
+        write_screenshot(shots, "a", [("toon_cat", (0, 0, 20, 20)), ("cog_bb_flunky", (10, 10, 40, 40))])
+        write_screenshot(shots, "b", [("toon_dog", (5, 5, 30, 30)), ("a/b", (0, 0, 9, 9))], seed=1)
+        result = CliRunner().invoke(main, args)
+        outcomes.append((result.exit_code, result.output, files_under(img)))
+    assert outcomes[0] == outcomes[1]
+    exit_code, output, files = outcomes[0]
+    assert exit_code == 1 and "error:" in output and "unsorted/manifest.csv" in files  # one bad label
+    assert ("crops" in output) is not quiet  # the summary only without --quiet
+
+
+def test_img_dir_after_train_reaches_the_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import toonvision.train
+
+    seen = []
+
+    class Done:
+        def summary(self) -> str:
+            return "trained"
+
+    def fake_train(layout, options, progress=False):
+        seen.append((layout, options))
+        return Done()
+
+    monkeypatch.setattr(toonvision.train, "train", fake_train)
+    before, after = tmp_path / "before", tmp_path / "after"
+
+    result = CliRunner().invoke(main, ["train", "--task", "binary", "--img-dir", str(after), "-v"])
+    assert result.exit_code == 0, result.output
+    layout, options = seen[-1]
+    assert layout == Layout.from_dirs(after, layout.models_dir) and layout.models_dir == Path("models").absolute()
+    assert options.verbose is True
+
+    result = CliRunner().invoke(main, ["--img-dir", str(before), "--models-dir", str(before / "m"), "train",
+                                       "--task", "binary", "--img-dir", str(after), "--quiet"])
+    assert result.exit_code == 0 and result.output == ""  # --quiet after the command: no summary
+    layout, options = seen[-1]
+    assert layout == Layout.from_dirs(after, before / "m")  # the one after the command wins, the others stay
+    assert options.verbose is False
+
+    result = CliRunner().invoke(main, ["--img-dir", str(before), "train", "--task", "binary"])
+    assert result.exit_code == 0 and result.output == "trained\n"
+    assert seen[-1][0] == Layout.from_dirs(before, "models")
+
+
+def test_quiet_and_verbose_after_the_command_set_the_log_level() -> None:
+    import logging
+
+    for args, level in ((["validate", "--screenshots", "nowhere", "-q"], logging.ERROR),
+                        (["validate", "--screenshots", "nowhere", "--verbose"], logging.DEBUG),
+                        (["-v", "validate", "--screenshots", "nowhere"], logging.DEBUG),
+                        (["validate", "--screenshots", "nowhere"], logging.WARNING)):
+        CliRunner().invoke(main, args)
+        assert logging.getLogger("toonvision").level == level, args
+
+
+@pytest.mark.parametrize("command", sorted(main.commands))
+def test_every_command_takes_the_global_options_and_lists_them(command: str) -> None:
+    shown = CliRunner().invoke(main, [command, "--help"]).output
+    assert "Global options (here or before the command):" in shown
+    assert all(flag in shown for flag in GLOBAL_FLAGS), shown
+    assert "[default: img]" in " ".join(shown.split()) and "[default: models]" in " ".join(shown.split())
+    params = {p.name for p in main.commands[command].params}
+    assert {"img_dir", "models_dir", "quiet", "verbose"} <= params
+
+
+def test_the_group_refuses_a_command_without_the_global_options() -> None:
+    import click
+
+    with pytest.raises(TypeError, match="global options"):
+        main.add_command(click.Command("plain", callback=lambda: None))

@@ -9,7 +9,9 @@ import functools
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -49,6 +51,7 @@ from toonvision.layout import (
     SPLITS,
     Layout,
 )
+from toonvision.modelreport import REPORT_HTML
 from toonvision.models import MODEL_NAMES
 from toonvision.tasks import BUILTIN_TASKS, CONFIG_NAME
 
@@ -99,21 +102,109 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
     root.propagate = True  # the root logger has no handler in the CLI; tests capture through it
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--img-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(DEFAULT_IMG_DIR),
-              show_default=True, help="Data root: raw/screenshots, unsorted (the pool), data (splits).")
-@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(DEFAULT_MODELS_DIR),
-              show_default=True, help="Where trained models and their reports go.")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars.")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging and Keras' per-epoch output.")
+# -- global options: before the command or after it -------------------------------------------
+
+_GLOBAL_NAMES = ("img_dir", "models_dir", "quiet", "verbose")
+_GLOBAL_HELP = {
+    "img_dir": "Data root: raw/screenshots, unsorted (the pool), data (splits).",
+    "models_dir": "Where trained models and their reports go.",
+    "quiet": "Only errors; no progress bars.",
+    "verbose": "Debug logging and Keras' per-epoch output.",
+}
+
+
+def _global_params(after_command: bool) -> list[click.Parameter]:
+    """The group's options; every command gets a copy (defaults None: "as given before the command")."""
+    folder = click.Path(file_okay=False, path_type=Path)
+
+    def folder_option(flag: str, name: str, default: str) -> click.Option:
+        if after_command:
+            return click.Option([flag], type=folder, help=f"{_GLOBAL_HELP[name]} [default: {default}]")
+        return click.Option([flag], type=folder, default=Path(default), show_default=True, help=_GLOBAL_HELP[name])
+
+    return [
+        folder_option("--img-dir", "img_dir", DEFAULT_IMG_DIR),
+        folder_option("--models-dir", "models_dir", DEFAULT_MODELS_DIR),
+        click.Option(["-q", "--quiet"], is_flag=True, help=_GLOBAL_HELP["quiet"]),
+        click.Option(["-v", "--verbose"], is_flag=True, help=_GLOBAL_HELP["verbose"]),
+    ]
+
+
+@dataclass(frozen=True)
+class _GlobalOptions:
+    """The global options as given before the command; the command merges its own and starts up."""
+
+    img_dir: Path = Path(DEFAULT_IMG_DIR)
+    models_dir: Path = Path(DEFAULT_MODELS_DIR)
+    quiet: bool = False
+    verbose: bool = False
+
+    def merged(self, after: dict[str, Any]) -> _GlobalOptions:
+        """A folder given after the command wins; a flag is on when given in either place."""
+        return _GlobalOptions(
+            self.img_dir if after["img_dir"] is None else after["img_dir"],
+            self.models_dir if after["models_dir"] is None else after["models_dir"],
+            self.quiet or after["quiet"], self.verbose or after["verbose"],
+        )
+
+    def start(self) -> _Context:
+        """Logging set up once, from the merged options, and the context every command receives."""
+        _configure_logging(self.quiet, self.verbose)
+        if not self.verbose:  # TensorFlow's C++ start-up chatter (set before it is imported); --verbose shows it
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        return _Context(Layout.from_dirs(self.img_dir, self.models_dir), self.quiet, self.verbose)
+
+
+class _Command(click.Command):
+    """A command that takes the global options after its name too, and lists them apart in --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        clash = set(_GLOBAL_NAMES) & {p.name for p in self.params}
+        if clash:
+            raise TypeError(f"command {self.name!r} defines global option(s) {sorted(clash)} itself")
+        self.params.extend(_global_params(after_command=True))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        after = {name: ctx.params.pop(name) for name in _GLOBAL_NAMES}
+        before = ctx.find_object(_GlobalOptions) or _GlobalOptions()
+        ctx.obj = before.merged(after).start()
+        return super().invoke(ctx)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        own, shared = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                (shared if param.name in _GLOBAL_NAMES else own).append(record)
+        for title, records in (("Options", own), ("Global options (here or before the command)", shared)):
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
+class _Group(click.Group):
+    """The ``toonvision`` group: every command is a :class:`_Command`, so each takes the global options."""
+
+    command_class = _Command
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, _Command):
+            raise TypeError(f"command {cmd.name!r} must be a _Command (or subclass) to take the global options")
+        super().add_command(cmd, name)
+
+
+@click.group(cls=_Group, params=_global_params(after_command=False),
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="toonvision")
 @click.pass_context
 def main(ctx: click.Context, img_dir: Path, models_dir: Path, quiet: bool, verbose: bool) -> None:
-    """ToonVision: labelImg screenshots in, Keras image classifiers out."""
-    _configure_logging(quiet, verbose)
-    if not verbose:  # TensorFlow's C++ start-up chatter (set before it is imported); --verbose shows it
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    ctx.obj = _Context(Layout.from_dirs(img_dir, models_dir), quiet, verbose)
+    """ToonVision: labelImg screenshots in, Keras image classifiers out.
+
+    The global options may also follow the command (toonvision extract --quiet); a folder given in
+    both places is the one after the command.
+    """
+    ctx.obj = _GlobalOptions(img_dir, models_dir, quiet, verbose)
 
 
 pass_context = click.make_pass_decorator(_Context)
@@ -175,7 +266,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-class MultiValueCommand(click.Command):
+class MultiValueCommand(_Command):
     """A command whose listed options take several values: ``--ratio 0.6 0.2 0.2``.
 
     click options take a fixed number of values, so the values after each option in
@@ -577,6 +668,24 @@ def compare(ctx: _Context, task_name: str, models: tuple[str, ...], runs: int, e
     result = stage.compare(ctx.layout, options, out=out, progress=ctx.progress)
     if not ctx.quiet:
         click.echo(result.summary())
+
+
+@main.command()
+@click.argument("folder", required=False, type=click.Path(path_type=Path))
+@click.option("--task", "task_name", help="Report on models/<task>/ (instead of FOLDER).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"The HTML file to write. [default: {REPORT_HTML} in the model's folder]")
+@pass_context
+@_reports_errors
+def report(ctx: _Context, folder: Path | None, task_name: str | None, out: Path | None) -> None:
+    """One self-contained HTML page of a trained model (FOLDER: models/<task>/): data, training, scores, mistakes."""
+    from toonvision import modelreport as stage
+
+    if (folder is None) == (task_name is None):
+        raise UsageError("pass the model's folder (toonvision report models/suit/) or --task, not both")
+    path = stage.make_report(ctx.layout, folder if folder is not None else ctx.layout.task_models(task_name), out)
+    if not ctx.quiet:
+        click.echo(f"wrote {path}")
 
 
 @main.command()

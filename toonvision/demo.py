@@ -6,7 +6,7 @@
     ├── img/unsorted/                the crop pool
     ├── img/data/<task>/             the split of each task's chosen run
     ├── img/reports/pool/            balance-report tables and figures
-    └── models/<task>/               best.keras, best.json, runs.csv, plots, evaluation/
+    └── models/<task>/               best.keras, best.json, runs.csv, plots, evaluation/, report.html
 
 Re-running reuses what is already there (synth and extract add nothing new) and retrains.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 from toonvision.constants import DEFAULT_IMAGE_SIZE, DEFAULT_MODEL, DEFAULT_RATIOS, HW
 from toonvision.errors import UsageError
 from toonvision.layout import Layout
+from toonvision.modelreport import REPORT_HTML, make_report
 
 MARKER = ".toonvision-demo"
 MIN_SCREENSHOTS = 20  # fewer may leave a suit out
@@ -60,7 +61,7 @@ def demo_layout(root: Path) -> Layout:
 
 
 def run_demo(config: DemoConfig, progress: bool = False) -> Iterator[DemoStep]:
-    """Synthesise, extract, report, split, train, evaluate; yield each stage's summary as it ends."""
+    """Synthesise, extract, balance-report, split, train, evaluate, report; yield each stage's summary as it ends."""
     from toonvision import evaluate, extract, report, split, synth, tasks, train
 
     layout = _prepare(config.root)
@@ -84,6 +85,7 @@ def run_demo(config: DemoConfig, progress: bool = False) -> Iterator[DemoStep]:
         yield DemoStep(f"train {name}", trained.summary())
         scored = evaluate.evaluate(layout, layout.task_models(name))
         yield DemoStep(f"evaluate {name}", scored.summary())
+        yield DemoStep(f"report {name}", f"wrote {make_report(layout, layout.task_models(name))}")
     yield DemoStep("done", _where(layout, config))
 
 
@@ -110,6 +112,7 @@ def _where(layout: Layout, config: DemoConfig) -> str:
     for name in config.tasks:
         lines.append(f"  {name:<13} model {layout.best_model(name)}, plots and runs.csv in "
                      f"{layout.task_models(name)}, evaluation in {layout.evaluation_dir(name)}")
+        lines.append(f"  {'':<13} report {layout.task_models(name) / REPORT_HTML} (open it in a browser)")
     root = config.root
     lines.append(f"try: toonvision --img-dir {root}/img --models-dir {root}/models predict {root}/models/suit "
                  f"{root}/img/data/suit/test")

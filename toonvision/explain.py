@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+GRADCAM_SUFFIX = "_gradcam.png"  # <image>_gradcam.png, one per image or object
+
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 FeatureFunction = Callable[["np.ndarray"], tuple]  # images -> (feature maps, model outputs)
@@ -380,9 +382,9 @@ def _file_name(item: InputImage, used: set[str]) -> str:
     if item.obj is not None:
         stem = f"{stem}_obj{item.obj}_{item.label}"
     stem = _SAFE_NAME.sub("_", stem)[:120] or "image"
-    name, n = f"{stem}_gradcam.png", 2
+    name, n = f"{stem}{GRADCAM_SUFFIX}", 2
     while name in used:
-        name, n = f"{stem}_{n}_gradcam.png", n + 1
+        name, n = f"{stem}_{n}{GRADCAM_SUFFIX}", n + 1
     used.add(name)
     return name
 
