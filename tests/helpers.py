@@ -13,14 +13,37 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")  # on CI a missing fixture or fault is a failure
+
+
+def _find_samples() -> Path:
+    """``../shared`` beside the repository, or beside a folder above it (a git worktree sits deeper)."""
+    for folder in REPO.parents:
+        candidate = folder / "shared" / "fixtures" / "toonvision-samples"
+        if candidate.is_dir():
+            return candidate
+    return REPO.parent / "shared" / "fixtures" / "toonvision-samples"
+
+
+SAMPLES = _find_samples()
+
+
+def skip_unless_ci(reason: str) -> None:
+    """Skip a test this machine cannot run; under CI=true fail instead, so that a skip never hides a broken
+    machine (missing shared fixtures, a tmpfs that cannot be mounted, folder permissions that do not apply)."""
+    if CI:
+        pytest.fail(f"{reason} (CI=true: this must work here)", pytrace=False)
+    pytest.skip(reason)
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
 CROP = (16, 32)  # (width, height) of every object in the screenshots below
 SIZE = "48x44"  # --image-size HEIGHTxWIDTH: the smallest the baseline model takes
@@ -56,7 +79,8 @@ def write_shots(folder: Path, shots: Sequence[Sequence[str]], *, seed: int = 0, 
         for j, label in enumerate(shot):
             x = 4 + CROP[0] * j
             colour = np.array(COLOURS[labels.index(label) % len(COLOURS)])
-            pixels[4:4 + CROP[1], x:x + CROP[0]] = np.clip(colour + rng.integers(-40, 41, (CROP[1], CROP[0], 3)), 0, 255)
+            noise = rng.integers(-40, 41, (CROP[1], CROP[0], 3))
+            pixels[4:4 + CROP[1], x:x + CROP[0]] = np.clip(colour + noise, 0, 255)
             boxes.append((label, (x, 4, x + CROP[0], 4 + CROP[1])))
         path = folder / f"{prefix}{i:03d}.png"
         Image.fromarray(pixels.astype(np.uint8), "RGB").save(path)
@@ -198,7 +222,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
     wa = keras.saving.load_model(a, compile=False).get_weights()
     wb = keras.saving.load_model(b, compile=False).get_weights()
     assert len(wa) == len(wb) > 0, (len(wa), len(wb))
-    for x, y in zip(wa, wb):
+    for x, y in zip(wa, wb, strict=True):
         np.testing.assert_array_equal(x, y)
 
 

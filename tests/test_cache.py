@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf
 
 from conftest import write_colour_pool  # noqa: E402
 from toonvision import cache as cache_module  # noqa: E402

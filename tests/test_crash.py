@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_colour_pool, write_pool, write_screenshot
+from helpers import skip_unless_ci
 from toonvision.errors import ModelFileError, PoolLockedError, ToonVisionError
 from toonvision.extract import ExtractOptions, extract
 from toonvision.fsutil import atomic_write_bytes
@@ -302,7 +303,6 @@ def tf_case(tmp_path_factory):
     """One pool trained twice (an earlier training with seed 9, then ``--overwrite --seed 5``) and
     evaluated; plus the TF commands killed at the points above. They run while this process
     trains (each costs a TensorFlow start-up)."""
-    pytest.importorskip("keras")
     from toonvision.evaluate import evaluate
     from toonvision.train import TrainConfig, train
 
@@ -521,7 +521,7 @@ def small_disk(tmp_path):
     disk.mkdir()
     mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True)
     if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.decode().strip() or 'not root'})")
+        skip_unless_ci(f"cannot mount a tmpfs here ({mount.stderr.decode().strip() or 'not root'})")
     try:
         yield disk
     finally:
@@ -566,7 +566,7 @@ def permissions_apply(tmp_path):
     code, _ = run_unprivileged(["-c", f"open({str(probe / 'x')!r}, 'w')"])
     probe.chmod(0o755)
     if code == 0:
-        pytest.skip("folder permissions do not stop writes for this user")
+        skip_unless_ci("folder permissions do not stop writes for this user")
 
 
 def _disk_case(root: Path) -> Layout:

@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
-
 from conftest import write_colour_pool  # noqa: E402
 from toonvision.augment import DEFAULT_AUGMENT  # noqa: E402
 from toonvision.cache import CropCache  # noqa: E402

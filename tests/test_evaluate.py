@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-keras = pytest.importorskip("keras")
+import keras
 
 from conftest import voc_xml  # noqa: E402
 from toonvision.cli import main  # noqa: E402

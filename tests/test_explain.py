@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-keras = pytest.importorskip("keras")
+import keras
 
 from conftest import voc_xml  # noqa: E402
 from test_evaluate import COLOURS, SIZE, colour_image, colour_model  # noqa: E402

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-
-keras = pytest.importorskip("keras")
 
 from toonvision.errors import TrainingError, UsageError  # noqa: E402
 from toonvision.models import (  # noqa: E402

@@ -419,7 +419,7 @@ def test_a_kill_between_the_swap_renames_is_rolled_back_by_the_next_reader(make_
 
 
 def test_keras_reads_every_split_with_the_same_class_names(make_pool) -> None:
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
     layout, recs = make_pool({"cog_bb_a": 4, "cog_lb_b": 5, "cog_sb_c": 3, "toon_cat": 3})
     result = run_split(layout, SUIT, (0.6, 0.2, 0.2), seed=3)
     index = {cls: i for i, cls in enumerate(result.plan.classes)}

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras
 
 from conftest import write_colour_pool  # noqa: E402
 from toonvision.errors import ImageError, PoolError, SplitError, TrainingError, UsageError  # noqa: E402

@@ -11,11 +11,20 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
+from helpers import (
+    IMAGE_SIZE,
+    SIZE,
+    batches,
+    clean_images,
+    cli,
+    extract_pool,
+    grouped_shots,
+    keras_spy,
+    manifest,
+    matches,
+)
 
-from helpers import IMAGE_SIZE, SIZE, batches, clean_images, cli, extract_pool, grouped_shots, keras_spy, manifest
-from helpers import matches
 from toonvision.layout import Layout
 from toonvision.train import TrainConfig, train
 
