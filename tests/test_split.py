@@ -143,7 +143,7 @@ def test_too_few_screenshots_for_a_class_names_it_and_suggests_no_group() -> Non
     with pytest.raises(SplitError, match=r"b has 7 crops from only 2 screenshots.*--no-group"):
         plan_split(records(spec), LABEL, (0.6, 0.2, 0.2), seed=1)
     plan = plan_split(records(spec), LABEL, (0.6, 0.2, 0.2), seed=1, group=False)
-    assert per_class_split(plan)["b"] == [4, 2, 1] or sum(per_class_split(plan)["b"]) == 7
+    assert per_class_split(plan)["b"] in ([4, 2, 1], [4, 1, 2])  # 4.2/1.4/1.4: the tied remainder goes to one
 
 
 # --- reproducibility ---------------------------------------------------------------------------
@@ -382,7 +382,7 @@ def test_a_kill_during_resplit_leaves_the_old_split_or_the_new_one(make_pool) ->
     pool_before = sorted(p.relative_to(layout.pool).as_posix() for p in layout.pool.rglob("*.png"))
     task_dir = write_split(plan_split(recs, LABEL, (0.6, 0.2, 0.2), 0), layout)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    outcomes = Counter()
+    outcomes, mid_write = Counter(), 0
     for attempt, delay in enumerate([0.0, 0.005, 0.02, 0.05, 0.15]):
         before = load_split(task_dir)
         seed = attempt + 1
@@ -392,6 +392,7 @@ def test_a_kill_during_resplit_leaves_the_old_split_or_the_new_one(make_pool) ->
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        mid_write += proc.returncode == -signal.SIGKILL and "done" not in proc.stdout.read()
         proc.stdout.close()
 
         after = load_split(task_dir)  # as the next command sees it (an interrupted swap is finished)
@@ -401,6 +402,7 @@ def test_a_kill_during_resplit_leaves_the_old_split_or_the_new_one(make_pool) ->
         assert on_disk == set(file_names(after))
         check_split_dirs(task_dir, after.classes)
         outcomes["new" if after.seed == seed else "old"] += 1
+    assert mid_write >= 2, f"only {mid_write} of 5 kills landed while the split was being written"
     assert sorted(p.relative_to(layout.pool).as_posix() for p in layout.pool.rglob("*.png")) == pool_before
     write_split(plan_split(recs, LABEL, (0.6, 0.2, 0.2), 99), layout)  # the next run cleans up
     assert sorted(p.name for p in layout.data.iterdir()) == ["label"], outcomes

@@ -213,3 +213,25 @@ def test_min_per_class_reaches_the_planner_in_train_and_compare(tmp_path):
         cli(*base, "train", *common[:-2], "--overwrite")
     assert "cog_sb_rare" in json.loads((layout.task_models("label") / "best.json").read_text())["classes"]
 
+
+
+# -- predict preprocesses as training does -----------------------------------------------------------
+
+
+def test_predict_gives_the_probabilities_the_model_gives_the_batches_training_validated_on(trained, crops):
+    import keras
+
+    layout, runs = trained["optimized"]
+    info = json.loads((layout.task_models("binary") / "best.json").read_text())
+    run = runs[info["run"]]
+    images, _ = batches(run.validate)  # what the training pipeline fed Keras
+    names = _crops_seen(run.validate, crops)
+    model = keras.saving.load_model(layout.task_models("binary") / "best.keras")
+    expected = dict(zip([Path(n).name for n in names], model.predict(images, verbose=0)[:, 0], strict=True))
+
+    result = cli("--img-dir", layout.img_dir, "--models-dir", layout.models_dir, "-q", "predict",
+                 layout.task_models("binary"), *[layout.pool / n for n in names], "--format", "json")
+    rows = json.loads(result.stdout)["predictions"]
+    assert len(rows) == len(expected)
+    for row in rows:
+        assert row["probabilities"]["toon"] == pytest.approx(expected[Path(row["file"]).name], abs=1e-5), row["file"]
