@@ -215,7 +215,7 @@ def test_cache_budget_from_the_environment(monkeypatch):
 
 
 @pytest.mark.parametrize("value", [-1, "-5M", "2 apples"])
-def test_bad_cache_budgets(value):
+def test_bad_cache_budgets_are_usage_errors(value):
     with pytest.raises(UsageError, match="cache budget"):
         cache_budget(value)
 

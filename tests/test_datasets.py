@@ -193,7 +193,7 @@ def test_a_missing_crop_is_named(pool):
         ({"image_size": (0, 10)}, "image size"),
     ],
 )
-def test_bad_arguments(pool, kwargs, message):
+def test_bad_dataset_arguments_are_usage_errors(pool, kwargs, message):
     layout, plan = pool
     with pytest.raises(UsageError, match=message):
         from_plan(plan, layout.pool, "train", **{"image_size": SIZE, **kwargs})

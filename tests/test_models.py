@@ -178,5 +178,5 @@ def test_bad_arguments_are_usage_errors(name, classes, size, message):
         build_model(name, classes, size, weights=None)
 
 
-def test_model_names():
+def test_the_cli_offers_exactly_the_three_models():
     assert MODEL_NAMES == ("baseline", "optimized", "mobilenetv2")

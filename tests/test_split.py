@@ -249,7 +249,7 @@ def test_write_split_makes_hard_linked_class_folders_and_records_the_plan(make_p
     assert all((layout.pool / r.crop).exists() for r in recs)
 
 
-def test_plan_survives_json(make_pool) -> None:
+def test_a_plan_round_trips_through_json_unchanged(make_pool) -> None:
     _, recs = make_pool({"a": 4, "b": 5})
     plan = plan_split(recs, LABEL, (0.7, 0.3), seed=8, group=False)
     assert plan_from_dict(json.loads(json.dumps(plan_to_dict(plan)))) == plan
@@ -469,7 +469,8 @@ def test_cli_bad_ratio_is_a_usage_error(make_pool, ratio: list[str], message: st
         (["--task", "label"], 1, "c has 2 crops"),
     ],
 )
-def test_cli_split_options(make_pool, args: list[str], code: int, message: str) -> None:
+def test_split_options_reach_the_planner_or_exit_with_a_message(make_pool, args: list[str], code: int,
+                                                                message: str) -> None:
     layout, _ = make_pool({"a": 3, "b": 4, "c": 2})
     result = CliRunner().invoke(main, ["--img-dir", str(layout.img_dir), "split", *args])
     assert result.exit_code == code, result.output

@@ -98,7 +98,7 @@ def test_choose_best_ignores_test_metrics_entirely():
     assert choose_best(runs).run == choose_best(flipped).run == 0
 
 
-def test_describe():
+def test_describe_uses_the_population_std_and_zero_for_one_run():
     stats = describe([0.5, 1.0, 0.75, 0.75])
     assert stats == {"mean": 0.75, "median": 0.75, "std": pytest.approx(0.1767767), "min": 0.5, "max": 1.0}
     assert describe([0.3])["std"] == 0.0
@@ -269,14 +269,14 @@ def test_resume_after_a_real_kill_matches_an_uninterrupted_training(tmp_path, tr
 # -- bad input -------------------------------------------------------------------------------
 
 
-def test_empty_pool(tmp_path):
+def test_an_empty_pool_says_to_extract_first_and_writes_nothing(tmp_path):
     layout = Layout.from_dirs(tmp_path / "img", tmp_path / "models")
     with pytest.raises(PoolError, match="extract"):
         train(layout, TrainConfig(task="binary", **TINY))
     assert not layout.task_models("binary").exists()
 
 
-def test_task_with_one_class(tmp_path):
+def test_a_task_with_one_class_is_refused_before_any_write(tmp_path):
     layout, _ = write_colour_pool(tmp_path / "img", {"cog_bb_a": 6, "cog_bb_b": 6})
     with pytest.raises(SplitError, match="fewer than 2 classes"):
         train(layout, TrainConfig(task="binary", **TINY))
@@ -293,7 +293,7 @@ def test_undecodable_crop_is_named_and_nothing_is_kept(binary_pool):
     assert not (out / BEST_MODEL).exists() and not (out / LEDGER).exists()
 
 
-def test_unwritable_models_folder(binary_pool, tmp_path):
+def test_an_unwritable_models_folder_is_a_message_naming_the_fix(binary_pool, tmp_path):
     layout, _ = binary_pool
     blocker = tmp_path / "models-file"
     blocker.write_text("not a folder")
