@@ -30,7 +30,10 @@ def compared(tmp_path_factory):
 @pytest.mark.parametrize("point, pattern, nth", [
     ("fit", "fit", 2),  # while run 1 trains
     ("before-rename", r"/compare/compare\.json$", 1),  # every run done, the first result about to land
-], ids=["during the second run", "before the first result is written"])
+    pytest.param("after-rename", r"/compare/compare\.json$", 1, marks=pytest.mark.xfail(
+        strict=True, reason="compare replaces its five files one by one: a kill between two renames leaves "
+                            "the new compare.json beside the old compare_runs.csv")),
+], ids=["during the second run", "before the first result is written", "between two result files"])
 def test_a_killed_comparison_leaves_the_previous_results_in_place(compared, tmp_path, point, pattern, nth):
     shutil.copytree(compared, tmp_path / "root")
     img, models = tmp_path / "root" / "img", tmp_path / "root" / "models"
