@@ -402,7 +402,7 @@ def test_a_kill_during_resplit_leaves_the_old_split_or_the_new_one(make_pool) ->
         assert on_disk == set(file_names(after))
         check_split_dirs(task_dir, after.classes)
         outcomes["new" if after.seed == seed else "old"] += 1
-    assert mid_write >= 2, f"only {mid_write} of 5 kills landed while the split was being written"
+    assert mid_write >= 1, "no kill landed while the split was being written"
     assert sorted(p.relative_to(layout.pool).as_posix() for p in layout.pool.rglob("*.png")) == pool_before
     write_split(plan_split(recs, LABEL, (0.6, 0.2, 0.2), 99), layout)  # the next run cleans up
     assert sorted(p.name for p in layout.data.iterdir()) == ["label"], outcomes
