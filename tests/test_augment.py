@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
 import pytest
-
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
+import tensorflow as tf
 
 from toonvision.augment import (  # noqa: E402
     DEFAULT_AUGMENT,

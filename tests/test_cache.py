@@ -8,11 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from helpers import write_colour_pool  # noqa: E402
 from PIL import Image
-
-tf = pytest.importorskip("tensorflow")
-
-from conftest import write_colour_pool  # noqa: E402
 
 from toonvision import cache as cache_module  # noqa: E402
 from toonvision.cache import (  # noqa: E402
@@ -216,7 +214,7 @@ def test_cache_budget_from_the_environment(monkeypatch):
 
 
 @pytest.mark.parametrize("value", [-1, "-5M", "2 apples"])
-def test_bad_cache_budgets(value):
+def test_bad_cache_budgets_are_usage_errors(value):
     with pytest.raises(UsageError, match="cache budget"):
         cache_budget(value)
 

@@ -158,7 +158,7 @@ def files_under(root: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("quiet", [True, False])
 def test_global_options_after_the_command_behave_as_before_it(tmp_path: Path, quiet: bool) -> None:
-    from conftest import write_screenshot
+    from helpers import write_screenshot
 
     img = tmp_path / "img"
     flags = ["--quiet"] if quiet else []

@@ -7,10 +7,7 @@ import math
 
 import pytest
 from click.testing import CliRunner
-
-keras = pytest.importorskip("keras")
-
-from conftest import write_colour_pool  # noqa: E402
+from helpers import write_colour_pool  # noqa: E402
 
 from toonvision import compare as compare_module  # noqa: E402
 from toonvision.cli import main  # noqa: E402

@@ -6,10 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-tf = pytest.importorskip("tensorflow")
-
-from conftest import write_colour_pool  # noqa: E402
+from helpers import write_colour_pool  # noqa: E402
 
 from toonvision.augment import DEFAULT_AUGMENT  # noqa: E402
 from toonvision.cache import CropCache  # noqa: E402
@@ -191,7 +188,7 @@ def test_a_missing_crop_is_named(pool):
         ({"image_size": (0, 10)}, "image size"),
     ],
 )
-def test_bad_arguments(pool, kwargs, message):
+def test_bad_dataset_arguments_are_usage_errors(pool, kwargs, message):
     layout, plan = pool
     with pytest.raises(UsageError, match=message):
         from_plan(plan, layout.pool, "train", **{"image_size": SIZE, **kwargs})

@@ -1,7 +1,4 @@
-"""evaluate: honest metrics on the model's own split, predictions aligned with files.
-
-The model, pool and split builders here are shared with test_modelfile, test_predict and test_explain.
-"""
+"""evaluate: honest metrics on the model's own split, predictions aligned with files."""
 
 from __future__ import annotations
 
@@ -9,123 +6,22 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
-
-keras = pytest.importorskip("keras")
+from colour_models import (  # noqa: E402
+    SIZE,
+    THREE,
+    TWO,
+    colour_model,
+    colour_pool,
+    hand_plan,
+    save_best,
+)
 
 from toonvision.cli import main  # noqa: E402
 from toonvision.errors import PoolError, UsageError  # noqa: E402
 from toonvision.evaluate import evaluate  # noqa: E402
-from toonvision.layout import Layout  # noqa: E402
-from toonvision.manifest import CropRecord, save_manifest  # noqa: E402
-from toonvision.split import Assignment, SplitPlan, plan_to_dict, write_split  # noqa: E402
-
-SIZE = (24, 16)  # the models' input: height, width
-CROP = (20, 30)  # the crops on disk: width, height (resized to SIZE, as in training)
-COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
-CHANNEL = {"red": 0, "green": 1, "blue": 2}
-
-
-# -- helpers shared with test_modelfile, test_predict and test_explain ---------------------------
-
-
-def colour_image(colour: str, size: tuple[int, int] = CROP, seed: int = 0) -> Image.Image:
-    """A crop of one colour with some noise; ``size`` is (width, height)."""
-    noise = np.random.default_rng(seed).integers(-20, 21, (size[1], size[0], 3))
-    return Image.fromarray(np.clip(np.array(COLOURS[colour]) + noise, 0, 255).astype(np.uint8), "RGB")
-
-
-def colour_model(classes: tuple[str, ...], size: tuple[int, int] = SIZE) -> "keras.Model":
-    """A fixed-weight classifier that names the dominant colour: right on every crop, by construction.
-
-    1x1 convolution (identity) -> global average -> head that reads each class's channel.
-    Binary: one sigmoid unit, P(classes[1]), like the project's binary models.
-    """
-    inputs = keras.Input((*size, 3), name="image")
-    x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
-    conv = keras.layers.Conv2D(3, 1, use_bias=False, name="conv")
-    x = conv(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    binary = len(classes) == 2
-    head = keras.layers.Dense(1 if binary else len(classes), activation="sigmoid" if binary else "softmax", name="head")
-    outputs = head(x)
-    model = keras.Model(inputs, outputs)
-    conv.set_weights([np.eye(3, dtype="float32").reshape(1, 1, 3, 3)])
-    kernel = np.zeros((3, 1 if binary else len(classes)), dtype="float32")
-    if binary:
-        kernel[CHANNEL[classes[1]], 0], kernel[CHANNEL[classes[0]], 0] = 10.0, -10.0
-    else:
-        for j, cls in enumerate(classes):
-            kernel[CHANNEL[cls], j] = 10.0
-    head.set_weights([kernel, np.zeros(kernel.shape[1], dtype="float32")])
-    if binary:
-        model.compile(loss="binary_crossentropy", metrics=[keras.metrics.BinaryAccuracy(name="accuracy")])
-    else:
-        model.compile(loss="sparse_categorical_crossentropy",
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    return model
-
-
-def colour_pool(img_dir: Path, crops: list[tuple[str, str, str]]) -> tuple[Layout, dict[str, str]]:
-    """A pool of (label, split, content colour) crops named so the content can be told from the path."""
-    layout = Layout.from_dirs(img_dir, img_dir.parent / "models")
-    records, content = [], {}
-    for n, (label, _split, colour) in enumerate(crops):
-        crop = f"{label}/{label}_{n}_looks_{colour}.png"
-        (layout.pool / label).mkdir(parents=True, exist_ok=True)
-        colour_image(colour, seed=n).save(layout.pool / crop)
-        records.append(CropRecord(crop, label, label, n, f"shot{n}.png", 0, 0, CROP[0], CROP[1], CROP[0], CROP[1],
-                                  f"sha{n}", f"crop{n}"))
-        content[crop] = colour
-    save_manifest(layout.manifest, records)
-    return layout, content
-
-
-def hand_plan(crops: list[tuple[str, str, str]], content: dict[str, str], task: str = "label", seed: int = 7) -> SplitPlan:
-    """The split the crops say, in the order split_plan uses (split, class, crop)."""
-    by_label = {c.split("/")[0]: [] for c in content}
-    for (label, split, _colour), crop in zip(crops, content):
-        by_label[label].append(Assignment(crop, label, label, split, f"shot{crop}"))
-    order = {"train": 0, "validate": 1, "test": 2}
-    assignments = sorted((a for group in by_label.values() for a in group), key=lambda a: (order[a.split], a.cls, a.crop))
-    return SplitPlan(task, seed, (0.5, 0.25, 0.25), True, tuple(sorted(by_label)), tuple(assignments))
-
-
-def save_best(layout: Layout, model: "keras.Model", plan: SplitPlan, recorded: dict | None = None) -> Path:
-    """models/<task>/best.keras + best.json as `toonvision train` writes them."""
-    out = layout.task_models(plan.task)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(out / "best.keras")
-    info = {
-        "task": plan.task, "classes": list(plan.classes), "display_names": {c: c.title() for c in plan.classes},
-        "image_size": list(SIZE), "model": "colour", "run": 3, "seed": plan.seed, "split": plan_to_dict(plan),
-        "metrics": {"test": recorded or {"loss": 0.0, "accuracy": 0.0}}, "epochs": 1, "batch_size": 4,
-        "versions": {}, "weights": None, "created": "2024-01-01T00:00:00+00:00",
-    }
-    (out / "best.json").write_text(json.dumps(info))
-    return out / "best.keras"
-
-
-# Three classes; every class has crops that look like another class in the test split.
-THREE = [
-    ("red", "train", "red"), ("red", "validate", "red"), ("red", "test", "red"), ("red", "test", "green"),
-    ("red", "test", "red"),
-    ("green", "train", "green"), ("green", "validate", "green"), ("green", "test", "green"),
-    ("green", "test", "blue"),
-    ("blue", "train", "blue"), ("blue", "validate", "blue"), ("blue", "test", "blue"), ("blue", "test", "blue"),
-    ("blue", "test", "red"),
-]
-TWO = [
-    ("red", "train", "red"), ("red", "validate", "red"), ("red", "test", "green"), ("red", "test", "red"),
-    ("green", "train", "green"), ("green", "validate", "green"), ("green", "test", "green"),
-    ("green", "test", "red"), ("green", "test", "red"),
-]
-
-
-
+from toonvision.split import Assignment, SplitPlan, write_split  # noqa: E402
 
 # -- evaluate ---------------------------------------------------------------------------------
 
@@ -223,7 +119,7 @@ def test_a_model_without_best_json_is_scored_on_the_task_folder_with_a_warning(t
 
 
 def test_evaluate_a_trained_model_reproduces_its_recorded_test_metrics(tmp_path):
-    from conftest import write_colour_pool
+    from helpers import write_colour_pool
 
     from toonvision.train import TrainConfig, train
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from colour_models import COLOURS, SIZE, colour_image, colour_model  # noqa: E402
+from helpers import voc_xml  # noqa: E402
 from PIL import Image
-
-keras = pytest.importorskip("keras")
-
-from conftest import voc_xml  # noqa: E402
-from test_evaluate import COLOURS, SIZE, colour_image, colour_model  # noqa: E402
 
 from toonvision.cli import main  # noqa: E402
 from toonvision.decode import model_input  # noqa: E402

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import noise_image, voc_xml, write_screenshot
+from helpers import noise_image, voc_xml, write_screenshot
 from PIL import Image
 
 from toonvision.cli import main
-from toonvision.errors import AnnotationError, PoolLockedError
+from toonvision.errors import AnnotationError
 from toonvision.extract import (
     ExtractOptions,
     Screenshot,
@@ -274,7 +274,13 @@ def test_a_second_process_is_told_who_holds_the_pool(tmp_path, layout):
         assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode != 0
     with locked(layout.lock_file, "img"):
         pass  # released locks are reusable: a crashed holder never blocks the next run
-    assert issubclass(PoolLockedError, Exception)
+    with locked(layout.lock_file, str(layout.img_dir)):
+        refused = subprocess.run([sys.executable, "-m", "toonvision", "--img-dir", str(layout.img_dir), "extract",
+                                  "--screenshots", str(tmp_path / "shots")], capture_output=True, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert refused.returncode == 1, refused.stderr
+    assert f"another toonvision is working on {layout.img_dir}, pid {os.getpid()}" in refused.stderr
+    assert not layout.manifest.exists()
 
 
 def test_symlinks_outside_the_root_are_not_followed(tmp_path):

@@ -22,7 +22,7 @@ from typing import Callable
 
 import pytest
 from click.testing import CliRunner
-from conftest import noise_image, voc_xml, write_screenshot
+from helpers import noise_image, voc_xml, write_screenshot
 from PIL import Image
 
 from toonvision.cli import main

@@ -226,7 +226,7 @@ def test_saved_model_reloads_and_predicts_exactly(tmp_path):
     np.testing.assert_array_equal(reloaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
-def test_describe():
+def test_describe_uses_the_population_std_and_zero_for_one_run():
     stats = describe([0.5, 1.0, 0.75, 0.75])
     assert stats == {"mean": 0.75, "median": 0.75, "std": pytest.approx(0.1767767), "min": 0.5, "max": 1.0}
     assert describe([0.3])["std"] == 0.0

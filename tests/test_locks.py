@@ -10,8 +10,9 @@ import threading
 import time
 
 import pytest
+from helpers import run_unprivileged
 
-from toonvision.errors import PoolLockedError, ToonVisionError
+from toonvision.errors import PoolLockedError
 from toonvision.locks import _HELD_LOCKS, locked
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="flock and fork")
@@ -127,14 +128,19 @@ def _closed(fd: int) -> bool:
     return False
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
 def test_an_unwritable_folder_names_the_lock_file(tmp_path):
+    """Run where folder modes bind (as root: with the capabilities that ignore them dropped)."""
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o500)
+    probe = (
+        "import sys\nfrom toonvision.errors import ToonVisionError\nfrom toonvision.locks import locked\n"
+        f"try:\n    with locked({str(folder / '.lock')!r}, 'ro'):\n        pass\n"
+        "except ToonVisionError as exc:\n    print(exc)\n    sys.exit(3)\n"
+    )
     try:
-        with pytest.raises(ToonVisionError, match=f"{folder / '.lock'}: cannot write \\(the folder is not writable"):
-            with locked(folder / ".lock", str(folder)):
-                pass
+        code, output = run_unprivileged(["-c", probe])
     finally:
         folder.chmod(0o700)
+    assert code == 3, output
+    assert f"{folder / '.lock'}: cannot write (the folder is not writable" in output

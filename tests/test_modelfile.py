@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 keras = pytest.importorskip("keras")
 
-from test_evaluate import (  # noqa: E402
+from colour_models import (  # noqa: E402
     SIZE,
     TWO,
     colour_image,

@@ -105,7 +105,7 @@ def cli(layout: Layout, *args: str):
 def trained(tmp_path_factory) -> Layout:
     """A real tiny training (2 runs, 1 epoch), its evaluation and two Grad-CAM maps, all through the CLI."""
     pytest.importorskip("keras")
-    from conftest import write_colour_pool
+    from helpers import write_colour_pool
 
     layout, records = write_colour_pool(tmp_path_factory.mktemp("report") / "img", POOL)
     result = cli(layout, "train", "--task", "binary", "--runs", "2", "--epochs", "1", "--seed", "3",

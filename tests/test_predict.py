@@ -11,8 +11,8 @@ from PIL import Image
 
 keras = pytest.importorskip("keras")
 
-from conftest import voc_xml  # noqa: E402
-from test_evaluate import COLOURS, SIZE, colour_image, colour_model  # noqa: E402
+from colour_models import COLOURS, SIZE, colour_image, colour_model  # noqa: E402
+from helpers import voc_xml  # noqa: E402
 
 from toonvision.decode import model_input  # noqa: E402
 from toonvision.errors import UsageError  # noqa: E402

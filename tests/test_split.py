@@ -143,7 +143,7 @@ def test_too_few_screenshots_for_a_class_names_it_and_suggests_no_group() -> Non
     with pytest.raises(SplitError, match=r"b has 7 crops from only 2 screenshots.*--no-group"):
         plan_split(records(spec), LABEL, (0.6, 0.2, 0.2), seed=1)
     plan = plan_split(records(spec), LABEL, (0.6, 0.2, 0.2), seed=1, group=False)
-    assert per_class_split(plan)["b"] == [4, 2, 1] or sum(per_class_split(plan)["b"]) == 7
+    assert per_class_split(plan)["b"] in ([4, 2, 1], [4, 1, 2])  # 4.2/1.4/1.4: the tied remainder goes to one
 
 
 # --- reproducibility ---------------------------------------------------------------------------
@@ -249,7 +249,7 @@ def test_write_split_makes_hard_linked_class_folders_and_records_the_plan(make_p
     assert all((layout.pool / r.crop).exists() for r in recs)
 
 
-def test_plan_survives_json(make_pool) -> None:
+def test_a_plan_round_trips_through_json_unchanged(make_pool) -> None:
     _, recs = make_pool({"a": 4, "b": 5})
     plan = plan_split(recs, LABEL, (0.7, 0.3), seed=8, group=False)
     assert plan_from_dict(json.loads(json.dumps(plan_to_dict(plan)))) == plan
@@ -373,7 +373,7 @@ def test_a_kill_during_resplit_leaves_the_old_split_or_the_new_one(make_pool) ->
     pool_before = sorted(p.relative_to(layout.pool).as_posix() for p in layout.pool.rglob("*.png"))
     task_dir = write_split(plan_split(recs, LABEL, (0.6, 0.2, 0.2), 0), layout)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    outcomes = Counter()
+    outcomes, mid_write = Counter(), 0
     for attempt, delay in enumerate([0.0, 0.005, 0.02, 0.05, 0.15]):
         before = load_split(task_dir)
         seed = attempt + 1
@@ -383,6 +383,7 @@ def test_a_kill_during_resplit_leaves_the_old_split_or_the_new_one(make_pool) ->
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        mid_write += proc.returncode == -signal.SIGKILL and "done" not in proc.stdout.read()
         proc.stdout.close()
 
         after = load_split(task_dir)  # as the next command sees it (an interrupted swap is finished)
@@ -392,6 +393,7 @@ def test_a_kill_during_resplit_leaves_the_old_split_or_the_new_one(make_pool) ->
         assert on_disk == set(file_names(after))
         check_split_dirs(task_dir, after.classes)
         outcomes["new" if after.seed == seed else "old"] += 1
+    assert mid_write >= 1, "no kill landed while the split was being written"
     assert sorted(p.relative_to(layout.pool).as_posix() for p in layout.pool.rglob("*.png")) == pool_before
     write_split(plan_split(recs, LABEL, (0.6, 0.2, 0.2), 99), layout)  # the next run cleans up
     assert sorted(p.name for p in layout.data.iterdir()) == ["label"], outcomes
@@ -410,7 +412,7 @@ def test_a_kill_between_the_swap_renames_is_rolled_back_by_the_next_reader(make_
 
 
 def test_keras_reads_every_split_with_the_same_class_names(make_pool) -> None:
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
     layout, recs = make_pool({"cog_bb_a": 4, "cog_lb_b": 5, "cog_sb_c": 3, "toon_cat": 3})
     result = run_split(layout, SUIT, (0.6, 0.2, 0.2), seed=3)
     index = {cls: i for i, cls in enumerate(result.plan.classes)}
@@ -458,7 +460,8 @@ def test_cli_bad_ratio_is_a_usage_error(make_pool, ratio: list[str], message: st
         (["--task", "label"], 1, "c has 2 crops"),
     ],
 )
-def test_cli_split_options(make_pool, args: list[str], code: int, message: str) -> None:
+def test_split_options_reach_the_planner_or_exit_with_a_message(make_pool, args: list[str], code: int,
+                                                                message: str) -> None:
     layout, _ = make_pool({"a": 3, "b": 4, "c": 2})
     result = CliRunner().invoke(main, ["--img-dir", str(layout.img_dir), "split", *args])
     assert result.exit_code == code, result.output

@@ -24,7 +24,6 @@ from toonvision.constants import HW
 from toonvision.errors import UsageError
 from toonvision.labels import read_classes_file
 from toonvision.synth import (
-    DEFAULT_TOON_SHARE,
     LABELS,
     SynthConfig,
     encode_png,
@@ -204,7 +203,13 @@ def test_default_frequencies_follow_the_original_dataset_within_4_standard_error
         p = expected[label]
         assert abs(counts[label] - n * p) <= 4 * math.sqrt(n * p * (1 - p)) + 1, label
     toons = sum(v for label, v in counts.items() if label.startswith("toon_"))
-    assert abs(toons / n - DEFAULT_TOON_SHARE) < 0.05  # 526 Cogs : 148 Toons
+    original = 148 / (526 + 148)  # the original dataset: 526 Cogs, 148 Toons
+    assert sum(p for label, p in expected.items() if label.startswith("toon_")) == pytest.approx(original, abs=0.002)
+    assert abs(toons / n - original) < 0.04
+    assert expected["toon_cat"] / expected["toon_horse"] == pytest.approx(3 / 0.35)  # README: cats 3, horses 0.35
+    for suit in ("bb", "lb", "cb", "sb"):  # README: the top two Cogs of each suit have weight 0.3
+        names = [label for label in LABELS if label.startswith(f"cog_{suit}_")]
+        assert [expected[label] / expected[names[0]] for label in names] == pytest.approx([1] * 6 + [0.3] * 2)
     assert counts["toon_cat"] > 3 * counts["toon_horse"]
     for suit in ("bb", "lb", "cb", "sb"):
         names = [label for label in LABELS if label.startswith(f"cog_{suit}_")]

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import SAMPLES, skip_unless_ci
 
 from toonvision.errors import UsageError
 from toonvision.tasks import BUILTIN_TASKS, Task, find_config, get_task, known_tasks
 
-PREDEFINED = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "toonvision-samples" / \
-    "predefined_classes.txt"
+PREDEFINED = SAMPLES / "predefined_classes.txt"
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,7 @@ def test_builtin_class_of(task: str, label: str, expected: str | None) -> None:
 )
 def test_builtin_tasks_on_the_43_real_labels(task: str, classes: int) -> None:
     if not PREDEFINED.is_file():
-        pytest.skip("shared fixtures not found")
+        skip_unless_ci(f"{PREDEFINED} not found (the shared fixtures sit beside the repository)")
     labels = [line.strip() for line in PREDEFINED.read_text().splitlines()
               if line.strip() and not line.startswith("=")]
     assert len(labels) == 43

@@ -155,6 +155,6 @@ def test_format_round_trips_like_labelimg():
     assert parsed.annotation == annotation
 
 
-def test_real_sample_reads(samples):
+def test_the_real_labelimg_sample_reads_with_its_two_flunkies(samples):
     annotation = load_annotation(samples / "sample_img1.xml").annotation
     assert [o.name for o in annotation.objects].count("cog_bb_flunky") == 2
