@@ -23,6 +23,8 @@ import io
 import json
 import logging
 import math
+import os
+import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,8 +45,8 @@ from toonvision.constants import (
     DEFAULT_WEIGHTS,
     FOLDER_LOCK,
 )
-from toonvision.errors import TrainingError, UsageError
-from toonvision.fsutil import atomic_write_text
+from toonvision.errors import TrainingError, UsageError, write_error
+from toonvision.fsutil import atomic_write_text, build_folder, recover_swap, remove_stale_temp_files, swap_directory
 from toonvision.layout import Layout
 from toonvision.ledger import LEDGER_COLUMNS, RunRecord, describe, make_folder
 from toonvision.locks import locked
@@ -63,6 +65,7 @@ CURVES_PLOT = "compare_curves.png"
 BOXPLOT = "compare_boxplots.png"
 CURVE_KEYS = ("accuracy", "val_accuracy", "loss", "val_loss")
 _METRICS = ("test_accuracy", "test_loss")
+RESULT_FILES = (COMPARE_JSON, COMPARE_CSV, COMPARE_HISTORIES, CURVES_PLOT, BOXPLOT)
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,7 @@ def compare(layout: Layout, config: CompareConfig, out: Path | None = None, prog
     make_folder(out, "--out")
     runs: list[ComparedRun] = []
     classes: tuple[str, ...] = ()
-    with locked(out / FOLDER_LOCK, str(out)):
+    with locked(out.with_name(f".{out.name}{FOLDER_LOCK}"), str(out)):  # beside out: out itself is swapped
         bar = progress_bar(progress, config.runs * len(config.models), f"compare {config.task}", "run")
         try:
             for k in range(config.runs):
@@ -225,7 +228,33 @@ def compare(layout: Layout, config: CompareConfig, out: Path | None = None, prog
 
 
 def write_comparison(result: CompareResult, out: Path) -> list[Path]:
-    """compare.json, compare_runs.csv, compare_histories.jsonl and the two figures, each atomically."""
+    """compare.json, compare_runs.csv, compare_histories.jsonl and the two figures, all or none.
+
+    They are written into a folder built beside ``out`` (holding links to anything else ``out``
+    holds) and swapped in, so a kill leaves the previous results whole, or the new ones.
+    """
+    out = Path(out)
+    try:
+        recover_swap(out)
+        remove_stale_temp_files(out)  # half-built folders of killed comparisons
+        build = build_folder(out)
+        if out.is_dir():
+            shutil.copytree(out, build, copy_function=os.link,
+                            ignore=lambda folder, names: RESULT_FILES if Path(folder) == out else ())
+        else:
+            build.mkdir()
+    except OSError as exc:
+        raise write_error(out, exc) from exc
+    try:
+        written = _write_results(result, build)
+        swap_directory(build, out)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    return [out / path.name for path in written]
+
+
+def _write_results(result: CompareResult, out: Path) -> list[Path]:
     c = result.config
     atomic_write_text(out / COMPARE_JSON, json.dumps(_json_safe({
         "config": c.to_dict(),
