@@ -10,16 +10,19 @@
     ├── cog/cog_bb_flunky_0.png     <group>/<label>_<index>.png, lossless
     └── toon/toon_cat_0.png
 
-Same object, duplicates, conflicts: an object is known by its screenshot's content (file bytes or
-decoded pixels) and its box. One already in the pool with the same label is not cropped again.
-A screenshot with the same content as one already in the pool under another name is reported
-(a warning) and grouped with it by ``split``. An object whose label differs from that of the
-pooled object at the same content and box, from another file, is a **label conflict**: both
-crops are kept and the conflict is an error naming both files (exit status 1; with ``--move``
-the screenshot stays for fixing). The pool follows the XML: when a screenshot (same path under
-the screenshots root, same content) is extracted again, its crops whose object was relabelled,
-moved or deleted in the XML are retired in the manifest (``status``, ``replaced_by``; the file
-stays on disk) and the new objects are cropped with fresh indices.
+Same object, duplicates, conflicts: an object is known by its screenshot (path under the
+screenshots root and content: file bytes or decoded pixels), its box and its label; one already
+in the pool is not cropped again. A screenshot with the same content as another one in the pool
+under another name is a duplicate: reported (a warning), its objects kept, and grouped with it
+by ``split`` (when the other name is no longer there, neither read now nor in processed/, it is
+taken as the same screenshot renamed, and nothing is cropped again). An object whose label
+differs from that of a pooled object at the same content and box, of another file or of the
+same XML, is a **label conflict**: both crops are kept and the conflict is an error naming both
+files (exit status 1; with ``--move`` the screenshot stays for fixing). The pool follows the
+XML: when a screenshot (same path under the screenshots root, same content) is extracted again,
+its crops whose object was relabelled, moved or deleted in the XML are retired in the manifest
+(``status``, ``replaced_by``; the file stays on disk) and the new objects are cropped with fresh
+indices.
 
 Crash safety: crops are written to ``unsorted/.staging/`` first, then the manifest is
 replaced atomically (new rows, retired rows and filled-in hashes in the same write), then the
@@ -401,6 +404,7 @@ def _extract_locked(layout, root, found, known_labels, options, problems, progre
     written = duplicates = moved = 0
     counts = Counter()
     conflict_pairs: set[frozenset[str]] = set()
+    discovered = {screenshot.relative for screenshot in found.screenshots}
     dirty = False  # rows changed in place (retired, hashes filled in): the manifest must be saved
     folders = _Folders()
 
@@ -426,20 +430,25 @@ def _extract_locked(layout, root, found, known_labels, options, problems, progre
         dirty |= index.fill_hashes(result)
         here, xml = result.screenshot.relative, str(result.screenshot.xml)
         twins = index.other_sources(result)
-        if twins:
+        present = [t for t in twins if _still_there(t, discovered, layout.processed)]
+        if present:
             counts["duplicate screenshots"] += 1
             problems.append(Problem(
-                str(result.screenshot.image), f"has the same pixels as {twins[0]}, already in the pool"
-                + (f" (and {len(twins) - 1} more)" if len(twins) > 1 else "")
-                + "; objects equal to pooled ones are not cropped again, and split keeps the screenshots in one "
-                "group: delete one of them if it is a copy", severity=WARNING))
+                str(result.screenshot.image), f"has the same pixels as {present[0]}, already in the pool"
+                + (f" (and {len(present) - 1} more)" if len(present) > 1 else "")
+                + "; the objects of both are kept and split keeps them in one group: delete one if it is a copy",
+                severity=WARNING))
+        elif twins:
+            logger.info("%s: the same pixels as %s, which is gone: taken as that screenshot under a new name",
+                        result.screenshot.image, twins[0])
         matched: dict[int, int] = {}  # pool row -> the object of this XML that is it
         replacement: dict[tuple[int, int, int, int], str] = {}  # box -> the crop added there in this run
         for crop in result.crops:
             same = [k for k in index.at(result, crop.box) if records[k].label == crop.label]
-            if same:
-                k = min(same, key=lambda k: (records[k].source != here, k))  # this screenshot's own row first
-                if k in matched and records[k].source == here:
+            own = [k for k in same if records[k].source == here]
+            if own or (same and not present):  # this screenshot's object, or a renamed screenshot's
+                k = (own or same)[0]
+                if k in matched and own:
                     problems.append(Problem(xml, f"{crop.label}: repeats object {matched[k]} (same box and label); "
                                             "cropped once", crop.obj, WARNING))
                 matched.setdefault(k, crop.obj)
@@ -500,6 +509,11 @@ def _report_conflicts(result, records, index, matched, conflict_pairs, problems)
                 f"pixels (crop {o.crop}); both crops are kept: fix the wrong label in labelImg and run extract again",
                 crop.obj))
     return found
+
+
+def _still_there(source: str, discovered: set[str], processed: Path) -> bool:
+    """Whether a pooled screenshot is still a file of its own (read in this run, or moved to processed/)."""
+    return source in discovered or (processed / source).is_file()
 
 
 class _PoolIndex:
