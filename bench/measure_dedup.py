@@ -33,7 +33,8 @@ from toonvision.synth.scenery import _backdrop_width  # noqa: E402
 
 def _shift_entity(entity, dx):
     b, t = entity.box, entity.nametag
-    return dataclasses.replace(entity, box=(b[0] + dx, b[1], b[2] + dx, b[3]), nametag=(t[0] + dx, t[1], t[2] + dx, t[3]))
+    return dataclasses.replace(entity, box=(b[0] + dx, b[1], b[2] + dx, b[3]),
+                               nametag=(t[0] + dx, t[1], t[2] + dx, t[3]))
 
 
 def _pan(plan, dx):

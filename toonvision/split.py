@@ -235,6 +235,9 @@ def plan_split(
     classes = tuple(sorted(by_class))
     groups = screenshot_groups([r for crops in by_class.values() for r in crops]) if group else None
     keys = groups.group_of if groups is not None else {}
+    if groups is not None and groups.unhashed:
+        logger.info("%d screenshots of task %s have no perceptual hash (extracted by an older version): grouped "
+                    "by exact content only until `toonvision extract` reads them again", groups.unhashed, task.name)
     _check_feasible(task, by_class, len(ratios), group, keys)
 
     if group:
