@@ -14,7 +14,8 @@ a re-split costs no image reading. Two screenshots whose hashes differ in at mos
 or slightly shifted); the threshold was chosen by ``bench/measure_dedup.py`` on synthetic frame
 sequences (README, "Duplicates and near-duplicates"). Near pairs are found by multi-index
 hashing (three chunks of 21-22 bits; a pair within ``t`` bits has a chunk within ``t // 3`` bits),
-so 100,000 hashes take seconds, not the minutes of comparing every pair, and joined by union-find.
+so 100,000 hashes take seconds, not the minutes of comparing every pair, and are joined by
+union-find.
 
 Pure but for :func:`find_duplicates` (reads the manifest) and :func:`write_duplicates_csv`
 (one atomic write).
@@ -108,26 +109,26 @@ def _pairs_brute_force(values: np.ndarray, threshold: int) -> set[tuple[int, int
 
 
 def _pairs_multi_index(values: np.ndarray, threshold: int) -> set[tuple[int, int]]:
-    """Multi-index hashing: a pair within ``t`` bits has one of the 3 chunks (22, 21, 21 bits) within
+    """Multi-index hashing: a pair within ``t`` bits has one of the 3 chunks (21-22 bits) within
     ``t // 3`` bits of each other; those candidates are looked up per chunk, then checked in full."""
     radius = threshold // len(_CHUNK_BITS)
     found_i: list[np.ndarray] = []
     found_j: list[np.ndarray] = []
     shift = 0
     for width in _CHUNK_BITS:
-        chunk = ((values >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
+        chunk = ((values >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int32)
         shift += width
         order = np.argsort(chunk, kind="stable")
-        counts = np.bincount(chunk, minlength=1 << width)
-        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        counts = np.bincount(chunk, minlength=1 << width).astype(np.int32)
+        occupied = counts > 0  # an eighth of the counts' size: the probes stay in cache
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
         for r in range(radius + 1):
             for bits in itertools.combinations(range(width), r):
-                query = chunk ^ sum(1 << b for b in bits)
-                hits = counts[query]
-                who = np.flatnonzero(hits)
+                query = chunk ^ np.int32(sum(1 << b for b in bits))
+                who = np.flatnonzero(occupied[query])
                 if not len(who):
                     continue
-                n = hits[who]
+                n = counts[query[who]]
                 left = np.repeat(who, n)
                 offsets = np.arange(len(left)) - np.repeat(np.cumsum(n) - n, n)
                 right = order[np.repeat(starts[query[who]], n) + offsets]
