@@ -8,7 +8,11 @@ pairs found (TPR) and of unrelated pairs wrongly paired (FPR), for screenshots a
 (the same entity across a scene's variants against crops of other scenes), plus the time of
 clustering 100,000 hashes.
 
-    python3 bench/measure_dedup.py --scenes 70
+    python3 bench/measure_dedup.py --scenes 70 [--compare]
+
+``--compare`` also measures the screenshot hashes that were not chosen: dHash (Pillow bilinear,
+and Lanczos as ``imagehash.dhash``), dHash over rows and columns (128 bits) and ``imagehash``'s
+average hash, re-implemented here on Pillow and NumPy.
 """
 
 from __future__ import annotations
@@ -79,6 +83,29 @@ IMAGE_VARIANTS = {
 }
 
 
+def _dhash(image, resample=Image.Resampling.BILINEAR):
+    grey = np.asarray(image.convert("L").resize((9, 8), resample), dtype=np.int16)
+    return (grey[:, 1:] > grey[:, :-1]).ravel()
+
+
+def _dhash_rows_columns(image):
+    grey = np.asarray(image.convert("L").resize((9, 9), Image.Resampling.BILINEAR), dtype=np.int16)
+    return np.concatenate([(grey[:-1, 1:] > grey[:-1, :-1]).ravel(), (grey[1:, :-1] > grey[:-1, :-1]).ravel()])
+
+
+def _ahash(image):
+    grey = np.asarray(image.convert("L").resize((8, 8), Image.Resampling.LANCZOS), dtype=np.float64)
+    return (grey > grey.mean()).ravel()
+
+
+OTHER_HASHES = {
+    "dHash, Pillow bilinear": _dhash,
+    "dHash as imagehash.dhash (Lanczos)": lambda i: _dhash(i, Image.Resampling.LANCZOS),
+    "dHash rows and columns, 128 bits": _dhash_rows_columns,
+    "aHash as imagehash.average_hash": _ahash,
+}
+
+
 def rates(positives, negatives, thresholds):
     pos, neg = np.array(positives), np.array(negatives)
     for t in thresholds:
@@ -89,10 +116,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=70)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--compare", action="store_true", help="also measure the hashes that were not chosen")
     args = parser.parse_args(argv)
     config = SynthConfig(count=args.scenes, seed=args.seed)
     start = time.perf_counter()
     shots: list[tuple[int, str, str]] = []  # scene, variant, hash
+    images: list[tuple[int, str, Image.Image]] = []  # kept for --compare
     crops: list[tuple[int, int, str]] = []  # scene, entity, hash: plan variants keep the entity order
     hash_time = []
     for s in range(args.scenes):
@@ -100,6 +129,8 @@ def main(argv=None) -> None:
         scene = render_plan(plan)
         t = time.perf_counter()
         shots.append((s, "original", phash(scene.image)))
+        if args.compare:
+            images.append((s, "original", scene.image))
         hash_time.append(time.perf_counter() - t)
         boxes = [tuple(int(v) for v in o.box.rounded()) for o in scene.annotation.objects]
         for e, box in enumerate(boxes):
@@ -107,11 +138,16 @@ def main(argv=None) -> None:
         for kind, change in PLAN_VARIANTS.items():
             variant = render_plan(change(plan))
             shots.append((s, kind, phash(variant.image)))
+            if args.compare:
+                images.append((s, kind, variant.image))
             if len(variant.annotation.objects) == len(boxes):
                 for e, obj in enumerate(variant.annotation.objects):
                     crops.append((s, e, phash(variant.image.crop(tuple(int(v) for v in obj.box.rounded())))))
         for kind, change in IMAGE_VARIANTS.items():
-            shots.append((s, kind, phash(change(scene.image))))
+            changed = change(scene.image)
+            shots.append((s, kind, phash(changed)))
+            if args.compare:
+                images.append((s, kind, changed))
     print(f"{args.scenes} scenes x {1 + len(PLAN_VARIANTS) + len(IMAGE_VARIANTS)} frames rendered and hashed in "
           f"{time.perf_counter() - start:.0f} s; pHash {1000 * float(np.median(hash_time)):.1f} ms per 800x600 "
           "screenshot")
@@ -131,6 +167,14 @@ def main(argv=None) -> None:
     neg = [hamming(a[2], b[2]) for a, b in itertools.combinations(crops, 2) if a[0] != b[0]]
     print(f"crops: {len(pos)} pairs of one entity across a scene's frames, {len(neg)} pairs of other scenes")
     rates(pos, neg, range(0, 11))
+    for name, function in (OTHER_HASHES.items() if args.compare else ()):
+        bits = [(s, kind, function(image)) for s, kind, image in images]
+        first = {s: b for s, kind, b in bits if kind == "original"}
+        pos = [int((b != first[s]).sum()) for s, kind, b in bits if kind != "original"]
+        neg = [int((a[2] != b[2]).sum()) for a, b in itertools.combinations(bits, 2) if a[0] != b[0]]
+        size = bits[0][2].size
+        print(f"{name}: closest unrelated pair {min(neg)} of {size} bits")
+        rates(pos, neg, range(size // 16, size // 5 + 1, max(1, size // 64)))
     rng = np.random.default_rng(0)
     values = [f"{int(v):016x}" for v in rng.integers(0, 2**63, 100_000, dtype=np.uint64)]
     t = time.perf_counter()
