@@ -407,3 +407,16 @@ def test_a_manifest_without_hashes_loads_and_gets_them_on_the_next_extract(tmp_p
     (filled,) = load_manifest(layout.manifest)
     assert len(filled.source_phash) == 16 and len(filled.crop_phash) == 16 and filled.pixels_sha256
     assert filled.crop == old.crop and filled.status == "active"
+
+
+def test_two_labels_on_one_box_of_one_xml_are_a_conflict_and_the_screenshot_is_not_moved(tmp_path, layout):
+    write_screenshot(layout.screenshots, "a", [("toon_cat", (0, 0, 20, 20)), ("toon_dog", (0, 0, 20, 20)),
+                                               ("toon_cat", (0, 0, 20, 20)), ("toon_pig", (30, 5, 50, 40))])
+    write_screenshot(layout.screenshots, "ok", [("toon_cat", (0, 0, 9, 9))], seed=5)
+    result = extract(layout, ExtractOptions(move=True))
+    assert sorted(r.label for r in active(layout)) == ["toon_cat", "toon_cat", "toon_dog", "toon_pig"]
+    assert result.conflicts == 1 and result.exit_code == 1
+    (conflict,) = [p for p in result.errors if "label conflict" in p.message]
+    assert conflict.obj == 0 and "toon_dog in object 1 of this file" in conflict.message
+    assert any(p.obj == 2 and "repeats object 0" in p.message for p in result.warnings)
+    assert result.moved == 1 and (layout.screenshots / "a.png").exists(), "a conflicted screenshot stays for fixing"

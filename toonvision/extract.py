@@ -491,10 +491,10 @@ def _report_conflicts(result, records, index, matched, conflict_pairs, problems)
     """
     here, xml = result.screenshot.relative, str(result.screenshot.xml)
     found = False
-    mine = {number: k for k, number in matched.items()}
     for crop in result.crops:
-        k = mine[crop.obj] if crop.obj in mine else None
-        for other in index.at(result, crop.box):
+        rows = index.at(result, crop.box)
+        k = next((r for r in rows if r in matched and records[r].label == crop.label), None)  # this object's row
+        for other in rows:
             o = records[other]
             if o.label == crop.label or (o.source == here and other not in matched):
                 continue
