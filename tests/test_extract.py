@@ -360,7 +360,7 @@ def test_a_copy_under_another_name_is_a_reported_duplicate_with_its_objects_kept
     assert (again.crops_written, again.already_in_pool, again.duplicate_screenshots) == (0, 3, 2)
 
 
-def test_a_renamed_screenshot_is_not_cropped_again(tmp_path, layout):
+def test_a_renamed_screenshot_is_not_cropped_again_and_a_deleted_copy_leaves_the_pool(tmp_path, layout):
     shots = tmp_path / "shots"
     write_screenshot(shots, "a", [("toon_cat", (0, 0, 20, 20))])
     extract(layout, ExtractOptions(screenshots=shots))
@@ -368,6 +368,20 @@ def test_a_renamed_screenshot_is_not_cropped_again(tmp_path, layout):
     (shots / "a.xml").rename(shots / "renamed.xml")
     result = extract(layout, ExtractOptions(screenshots=shots))
     assert (result.crops_written, result.already_in_pool, result.duplicate_screenshots) == (0, 1, 0)
+    (shots / "renamed.xml").write_text(voc_xml("renamed.png", [("toon_dog", (0, 0, 20, 20))]))  # then relabelled
+    relabelled = extract(layout, ExtractOptions(screenshots=shots))
+    assert (relabelled.crops_written, relabelled.retired, relabelled.conflicts) == (1, 1, 0)
+    assert [(r.label, r.source) for r in active(layout)] == [("toon_dog", "renamed.png")]
+    # a copy labelled twice, then deleted: re-extracting the other retires the copy's crops
+    (shots / "copy.png").write_bytes((shots / "renamed.png").read_bytes())
+    (shots / "copy.xml").write_text((shots / "renamed.xml").read_text())
+    assert extract(layout, ExtractOptions(screenshots=shots)).crops_written == 1
+    assert len(active(layout)) == 2
+    (shots / "copy.png").unlink()
+    (shots / "copy.xml").unlink()
+    dropped = extract(layout, ExtractOptions(screenshots=shots))
+    assert (dropped.crops_written, dropped.retired) == (0, 1)
+    assert [(r.label, r.source) for r in active(layout)] == [("toon_dog", "renamed.png")]
 
 
 def test_a_corrected_label_replaces_the_crop_on_re_extract(tmp_path, layout):

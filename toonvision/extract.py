@@ -15,7 +15,8 @@ screenshots root and content: file bytes or decoded pixels), its box and its lab
 in the pool is not cropped again. A screenshot with the same content as another one in the pool
 under another name is a duplicate: reported (a warning), its objects kept, and grouped with it
 by ``split`` (when the other name is no longer there, neither read now nor in processed/, it is
-taken as the same screenshot renamed, and nothing is cropped again). An object whose label
+taken as the same screenshot renamed: its crops are this file's, so nothing is cropped again,
+and deleting a copy then re-running extract retires the copy's crops). An object whose label
 differs from that of a pooled object at the same content and box, of another file or of the
 same XML, is a **label conflict**: both crops are kept and the conflict is an error naming both
 files (exit status 1; with ``--move`` the screenshot stays for fixing). The pool follows the
@@ -431,6 +432,7 @@ def _extract_locked(layout, root, found, known_labels, options, problems, progre
         here, xml = result.screenshot.relative, str(result.screenshot.xml)
         twins = index.other_sources(result)
         present = [t for t in twins if _still_there(t, discovered, layout.processed)]
+        mine = {here, *(t for t in twins if t not in present)}  # a twin that is gone: this file, renamed
         if present:
             counts["duplicate screenshots"] += 1
             problems.append(Problem(
@@ -438,17 +440,17 @@ def _extract_locked(layout, root, found, known_labels, options, problems, progre
                 + (f" (and {len(present) - 1} more)" if len(present) > 1 else "")
                 + "; the objects of both are kept and split keeps them in one group: delete one if it is a copy",
                 severity=WARNING))
-        elif twins:
+        if len(mine) > 1:
             logger.info("%s: the same pixels as %s, which is gone: taken as that screenshot under a new name",
-                        result.screenshot.image, twins[0])
+                        result.screenshot.image, ", ".join(sorted(mine - {here})))
         matched: dict[int, int] = {}  # pool row -> the object of this XML that is it
         replacement: dict[tuple[int, int, int, int], str] = {}  # box -> the crop added there in this run
         for crop in result.crops:
-            same = [k for k in index.at(result, crop.box) if records[k].label == crop.label]
-            own = [k for k in same if records[k].source == here]
-            if own or (same and not present):  # this screenshot's object, or a renamed screenshot's
-                k = (own or same)[0]
-                if k in matched and own:
+            own = [k for k in index.at(result, crop.box)
+                   if records[k].label == crop.label and records[k].source in mine]
+            if own:  # already in the pool, from this screenshot (or from it under its old name)
+                k = min(own, key=lambda k: (records[k].source != here, k))
+                if k in matched:
                     problems.append(Problem(xml, f"{crop.label}: repeats object {matched[k]} (same box and label); "
                                             "cropped once", crop.obj, WARNING))
                 matched.setdefault(k, crop.obj)
@@ -460,8 +462,8 @@ def _extract_locked(layout, root, found, known_labels, options, problems, progre
             index.add(len(records) - 1)
             matched[len(records) - 1] = crop.obj
             replacement[crop.box] = record.crop
-        conflicted = _report_conflicts(result, records, index, matched, conflict_pairs, problems)
-        for k in index.rows_of(result):
+        conflicted = _report_conflicts(result, records, index, matched, mine, conflict_pairs, problems)
+        for k in index.rows_of(result, mine):
             if k not in matched:  # its object was relabelled, moved or deleted in the XML
                 old = records[k]
                 records[k] = replace(old, status=RETIRED, replaced_by=replacement.get(old.box, ""))
@@ -483,7 +485,7 @@ def _extract_locked(layout, root, found, known_labels, options, problems, progre
     )
 
 
-def _report_conflicts(result, records, index, matched, conflict_pairs, problems) -> bool:
+def _report_conflicts(result, records, index, matched, mine, conflict_pairs, problems) -> bool:
     """A Problem (error) for each object whose box in identical pixels has another label in the pool.
 
     Rows of this screenshot that no object matched are about to be retired (a corrected label),
@@ -496,14 +498,14 @@ def _report_conflicts(result, records, index, matched, conflict_pairs, problems)
         k = next((r for r in rows if r in matched and records[r].label == crop.label), None)  # this object's row
         for other in rows:
             o = records[other]
-            if o.label == crop.label or (o.source == here and other not in matched):
+            if o.label == crop.label or (o.source in mine and other not in matched):
                 continue
             found = True
             pair = frozenset((records[k].crop if k is not None else f"{here}#{crop.obj}", o.crop))
             if pair in conflict_pairs:
                 continue
             conflict_pairs.add(pair)
-            where = f"object {matched[other]} of this file" if o.source == here else o.source
+            where = f"object {matched[other]} of this file" if o.source in mine else o.source
             problems.append(Problem(
                 xml, f"label conflict: {crop.label} here, but {o.label} in {where} for the same box of identical "
                 f"pixels (crop {o.crop}); both crops are kept: fix the wrong label in labelImg and run extract again",
@@ -557,9 +559,12 @@ class _PoolIndex:
             rows.update(self._at.get((key, box), ()))
         return sorted(rows)
 
-    def rows_of(self, result: ScreenshotCrops) -> list[int]:
-        """Active rows cut from this very screenshot (same path, same file content)."""
-        return list(self._screenshot.get((result.screenshot.relative, result.source_sha256), ()))
+    def rows_of(self, result: ScreenshotCrops, sources: set[str]) -> list[int]:
+        """Active rows cut from this screenshot: its content, under its path or one of ``sources``."""
+        rows = set(self._screenshot.get((result.screenshot.relative, result.source_sha256), ()))
+        for key in self._keys(result.source_sha256, result.pixels_sha256):
+            rows.update(k for k in self._content.get(key, ()) if self.records[k].source in sources)
+        return sorted(rows)
 
     def other_sources(self, result: ScreenshotCrops) -> list[str]:
         """Paths of pooled screenshots with this content under another name."""
