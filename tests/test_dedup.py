@@ -147,6 +147,7 @@ def test_find_duplicates_reports_exact_and_near_screenshots_and_not_unrelated_on
     assert {r[1] for r in rows[1:]} <= {"exact", "near"}
     assert path.read_text() == format_duplicates_csv(report)
     assert report.counts()["exact_screenshot_clusters"] == 2 and report.counts()["near_screenshot_clusters"] == 4
+    assert report.thresholds()["screenshot_bits"] == NEAR_THRESHOLD
 
 
 def test_leaks_are_the_near_pairs_that_straddle_splits(frames_pool):

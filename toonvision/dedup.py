@@ -264,6 +264,10 @@ class DuplicateReport:
     unhashed_screenshots: int = 0
     unhashed_crops: int = 0
 
+    def thresholds(self) -> dict[str, object]:
+        """The hash and thresholds used (for ``audit.json``)."""
+        return {"hash": f"pHash, {HASH_BITS} bits", "screenshot_bits": self.threshold, "crop_bits": self.crop_threshold}
+
     def counts(self) -> dict[str, int]:
         clusters = {(r.cluster, r.kind, r.crop != "") for r in self.rows}
         return {
