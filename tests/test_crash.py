@@ -231,6 +231,48 @@ def test_killed_extract_loses_nothing_and_reruns_to_the_clean_state(extract_case
     assert not layout.staging.exists() and not temp_files(layout.img_dir)
 
 
+@pytest.fixture(scope="module")
+def relabel_case(tmp_path_factory):
+    """img/ with a pool of 12 screenshots whose XML then had labels corrected (6 objects) and one
+    object deleted; and the img/ an uninterrupted ``extract`` makes of it (old crops retired)."""
+    from helpers import voc_xml
+
+    base = tmp_path_factory.mktemp("relabel")
+    before = Layout.from_dirs(base / "before" / "img")
+    many_shots(before.screenshots, 12)
+    extract(before, ExtractOptions(workers=1))
+    for i in range(6):
+        cog = "cog_lb_bigwig" if i < 3 else f"cog_bb_{'flunky' if i % 2 else 'yesman'}"
+        objects = [("toon_cat", (0, 0, 20, 20)), (cog, (10, 5, 40, 45))]
+        objects += [("toon_pig", (30, 10, 60, 40))] if i else []  # shot000 loses its toon_dog
+        (before.screenshots / f"shot{i:03d}.xml").write_text(voc_xml(f"shot{i:03d}.png", objects))
+    clean = Layout.from_dirs(base / "clean" / "img")
+    shutil.copytree(before.img_dir, clean.img_dir)
+    result = extract(clean, ExtractOptions(workers=1))
+    assert (result.retired, result.crops_written) == (9, 8)
+    return before, tree(clean.img_dir)
+
+
+RELABEL_KILLS = {
+    "the manifest with retired rows half-written": ("kill", "write", r"/\.manifest\.csv\.", 1),
+    "retired rows committed, new crops not yet renamed": ("kill", "after-rename", r"/manifest\.csv$", 1),
+    "between two renames of new crops": ("kill", "before-rename", r"/unsorted/(toon|cog)/", 3),
+}
+
+
+@pytest.mark.parametrize("point", RELABEL_KILLS)
+def test_killed_extract_of_corrected_labels_reruns_to_the_clean_state(relabel_case, tmp_path, point):
+    before, clean = relabel_case
+    layout = Layout.from_dirs(tmp_path / "img")
+    shutil.copytree(before.img_dir, layout.img_dir)
+    had = tree(layout.img_dir)
+    killed(start(["--img-dir", layout.img_dir, "extract", "--workers", "1"], RELABEL_KILLS[point], COMMIT_EVERY="4"))
+    assert_nothing_lost(had, tree(layout.img_dir), layout.img_dir, grows="unsorted/manifest.csv")
+    extract(layout, ExtractOptions(workers=1))
+    assert tree(layout.img_dir) == clean
+    assert not layout.staging.exists() and not temp_files(layout.img_dir)
+
+
 # -- split: old split or new, never a mix ------------------------------------------------------
 
 SPLIT_POOL = {"cog_bb_a": 12, "cog_lb_b": 12, "toon_cat": 12, "toon_dog": 12}

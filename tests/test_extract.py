@@ -321,3 +321,122 @@ def test_cli_extract_exit_codes(tmp_path):
     assert runner.invoke(main, args).exit_code == 1
     missing = runner.invoke(main, ["--img-dir", str(tmp_path / "img"), "extract", "--screenshots", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "no such folder" in missing.output
+
+
+# --- duplicates, label conflicts and corrected labels (issue 15) ----------------------------------
+
+
+def active(layout: Layout) -> list:
+    return [r for r in load_manifest(layout.manifest) if r.active]
+
+
+def test_identical_screenshots_with_different_labels_keep_both_objects_and_report_a_conflict(tmp_path, layout):
+    shots = tmp_path / "shots"
+    write_screenshot(shots, "a", [("cog_bb_flunky", (0, 0, 20, 20)), ("toon_cat", (20, 20, 40, 40))])
+    write_screenshot(shots, "b", [("cog_lb_bigwig", (0, 0, 20, 20)), ("toon_cat", (20, 20, 40, 40))])  # same pixels
+    result = extract(layout, ExtractOptions(screenshots=shots))
+    labels = sorted(r.label for r in active(layout))
+    assert labels == ["cog_bb_flunky", "cog_lb_bigwig", "toon_cat", "toon_cat"], "every labelled object is kept"
+    assert result.conflicts == 1 and result.exit_code == 1
+    conflict = [p for p in result.errors if "label conflict" in p.message]
+    assert len(conflict) == 1 and conflict[0].file == str(shots / "b.xml") and "a.png" in conflict[0].message
+    assert "cog_bb_flunky" in conflict[0].message and conflict[0].obj == 0
+    assert result.duplicate_screenshots == 1
+    assert any("same pixels as a.png" in p.message for p in result.warnings)
+    assert "1 label conflicts" in result.summary()
+    again = extract(layout, ExtractOptions(screenshots=shots))
+    assert again.crops_written == 0 and again.conflicts == 1 and again.exit_code == 1  # until it is fixed
+    runner = CliRunner()
+    outcome = runner.invoke(main, ["--img-dir", str(layout.img_dir), "extract", "--screenshots", str(shots)])
+    assert outcome.exit_code == 1 and "label conflict" in outcome.output
+
+
+def test_a_copy_under_another_name_is_a_reported_duplicate_with_its_objects_kept(tmp_path, layout):
+    shots = tmp_path / "shots"
+    write_screenshot(shots, "a", [("toon_cat", (0, 0, 20, 20))])
+    noise_image().save(shots / "b.png", compress_level=1)  # other bytes, the same pixels
+    (shots / "b.xml").write_text(voc_xml("b.png", [("toon_cat", (0, 0, 20, 20)), ("toon_dog", (30, 5, 50, 40))]))
+    result = extract(layout, ExtractOptions(screenshots=shots))
+    assert (result.crops_written, result.already_in_pool, result.exit_code) == (3, 0, 0)
+    assert result.duplicate_screenshots == 1 and result.conflicts == 0
+    assert any(p.file == str(shots / "b.png") and "same pixels as a.png" in p.message for p in result.warnings)
+    rows = active(layout)
+    assert len({r.pixels_sha256 for r in rows}) == 1 and len({r.source_sha256 for r in rows}) == 2  # one split group
+    again = extract(layout, ExtractOptions(screenshots=shots))
+    assert (again.crops_written, again.already_in_pool, again.duplicate_screenshots) == (0, 3, 2)
+
+
+def test_a_renamed_screenshot_is_not_cropped_again_and_a_deleted_copy_leaves_the_pool(tmp_path, layout):
+    shots = tmp_path / "shots"
+    write_screenshot(shots, "a", [("toon_cat", (0, 0, 20, 20))])
+    extract(layout, ExtractOptions(screenshots=shots))
+    (shots / "a.png").rename(shots / "renamed.png")
+    (shots / "a.xml").rename(shots / "renamed.xml")
+    result = extract(layout, ExtractOptions(screenshots=shots))
+    assert (result.crops_written, result.already_in_pool, result.duplicate_screenshots) == (0, 1, 0)
+    (shots / "renamed.xml").write_text(voc_xml("renamed.png", [("toon_dog", (0, 0, 20, 20))]))  # then relabelled
+    relabelled = extract(layout, ExtractOptions(screenshots=shots))
+    assert (relabelled.crops_written, relabelled.retired, relabelled.conflicts) == (1, 1, 0)
+    assert [(r.label, r.source) for r in active(layout)] == [("toon_dog", "renamed.png")]
+    # a copy labelled twice, then deleted: re-extracting the other retires the copy's crops
+    (shots / "copy.png").write_bytes((shots / "renamed.png").read_bytes())
+    (shots / "copy.xml").write_text((shots / "renamed.xml").read_text())
+    assert extract(layout, ExtractOptions(screenshots=shots)).crops_written == 1
+    assert len(active(layout)) == 2
+    (shots / "copy.png").unlink()
+    (shots / "copy.xml").unlink()
+    dropped = extract(layout, ExtractOptions(screenshots=shots))
+    assert (dropped.crops_written, dropped.retired) == (0, 1)
+    assert [(r.label, r.source) for r in active(layout)] == [("toon_dog", "renamed.png")]
+
+
+def test_a_corrected_label_replaces_the_crop_on_re_extract(tmp_path, layout):
+    shots = tmp_path / "shots"
+    write_screenshot(shots, "a", [("cog_bb_flunky", (0, 0, 20, 20)), ("toon_cat", (20, 20, 40, 40))])
+    extract(layout, ExtractOptions(screenshots=shots))
+    (shots / "a.xml").write_text(voc_xml("a.png", [("cog_lb_bigwig", (0, 0, 20, 20)), ("toon_cat", (20, 20, 40, 40))]))
+    result = extract(layout, ExtractOptions(screenshots=shots))
+    assert (result.crops_written, result.retired, result.conflicts, result.exit_code) == (1, 1, 0, 0)
+    rows = {r.crop: r for r in load_manifest(layout.manifest)}
+    old, new = rows["cog/cog_bb_flunky_0.png"], rows["cog/cog_lb_bigwig_0.png"]
+    assert old.status == "retired" and old.replaced_by == new.crop and new.active
+    assert (layout.pool / old.crop).exists(), "nothing is deleted: the old file stays, out of the active set"
+    from toonvision.manifest import load_pool
+    assert sorted(r.label for r in load_pool(layout)[0]) == ["cog_lb_bigwig", "toon_cat"]
+    # corrected back: a fresh index, never the retired one's
+    (shots / "a.xml").write_text(voc_xml("a.png", [("cog_bb_flunky", (0, 0, 20, 20)), ("toon_cat", (20, 20, 40, 40))]))
+    back = extract(layout, ExtractOptions(screenshots=shots))
+    assert (back.crops_written, back.retired) == (1, 1)
+    assert sorted(r.crop for r in active(layout)) == ["cog/cog_bb_flunky_1.png", "toon/toon_cat_0.png"]
+    assert extract(layout, ExtractOptions(screenshots=shots)).crops_written == 0  # converged
+    (shots / "a.xml").write_text(voc_xml("a.png", [("toon_cat", (20, 20, 40, 40))]))  # an object deleted
+    gone = extract(layout, ExtractOptions(screenshots=shots))
+    assert gone.retired == 1 and [r.crop for r in active(layout)] == ["toon/toon_cat_0.png"]
+
+
+def test_a_manifest_without_hashes_loads_and_gets_them_on_the_next_extract(tmp_path, layout):
+    shots = tmp_path / "shots"
+    write_screenshot(shots, "a", [("toon_cat", (0, 0, 20, 20))])
+    extract(layout, ExtractOptions(screenshots=shots))
+    lines = layout.manifest.read_text().splitlines()
+    layout.manifest.write_text("\n".join(",".join(line.split(",")[:13]) for line in lines) + "\n")  # an old extract
+    (old,) = load_manifest(layout.manifest)
+    assert old.active and not old.source_phash and not old.pixels_sha256
+    result = extract(layout, ExtractOptions(screenshots=shots))
+    assert (result.crops_written, result.already_in_pool) == (0, 1)
+    (filled,) = load_manifest(layout.manifest)
+    assert len(filled.source_phash) == 16 and len(filled.crop_phash) == 16 and filled.pixels_sha256
+    assert filled.crop == old.crop and filled.status == "active"
+
+
+def test_two_labels_on_one_box_of_one_xml_are_a_conflict_and_the_screenshot_is_not_moved(tmp_path, layout):
+    write_screenshot(layout.screenshots, "a", [("toon_cat", (0, 0, 20, 20)), ("toon_dog", (0, 0, 20, 20)),
+                                               ("toon_cat", (0, 0, 20, 20)), ("toon_pig", (30, 5, 50, 40))])
+    write_screenshot(layout.screenshots, "ok", [("toon_cat", (0, 0, 9, 9))], seed=5)
+    result = extract(layout, ExtractOptions(move=True))
+    assert sorted(r.label for r in active(layout)) == ["toon_cat", "toon_cat", "toon_dog", "toon_pig"]
+    assert result.conflicts == 1 and result.exit_code == 1
+    (conflict,) = [p for p in result.errors if "label conflict" in p.message]
+    assert conflict.obj == 0 and "toon_dog in object 1 of this file" in conflict.message
+    assert any(p.obj == 2 and "repeats object 0" in p.message for p in result.warnings)
+    assert result.moved == 1 and (layout.screenshots / "a.png").exists(), "a conflicted screenshot stays for fixing"

@@ -617,3 +617,32 @@ def _recorded_plans() -> dict[str, str]:
 
 def test_plans_are_the_recorded_ones() -> None:
     assert _recorded_plans() == _RECORDED_DIGESTS
+
+
+# --- near-duplicate screenshots are one group (issue 15) --------------------------------------------
+
+
+def test_near_duplicate_frames_never_straddle_splits_after_split(tmp_path):
+    from test_dedup import frame_sequences
+
+    from toonvision.extract import ExtractOptions, extract
+    from toonvision.layout import Layout
+
+    scene_of = frame_sequences(tmp_path / "shots", range(4))  # 3 frames per scene: panned 4 px, and a JPEG
+    layout = Layout.from_dirs(tmp_path / "img")
+    extract(layout, ExtractOptions(screenshots=tmp_path / "shots", workers=1))
+    for seed in range(4):
+        result = run_split(layout, get_task("binary"), (0.5, 0.5), seed=seed)
+        splits: dict[int, set[str]] = defaultdict(set)
+        for a in result.plan.assignments:
+            splits[scene_of[a.source]].add(a.split)
+        assert all(len(s) == 1 for s in splits.values()), (seed, dict(splits))
+        assert result.plan.near_merged == 12
+        assert "12 screenshots merged into near-duplicate groups" in result.summary()
+        assert load_split(layout.task_data("binary")).near_merged == 12
+    loose = run_split(layout, get_task("binary"), (0.5, 0.5), seed=0, group=False)  # --no-group: crop by crop
+    assert loose.plan.near_merged == 0 and "merged" not in loose.summary()
+    by_scene: dict[int, set[str]] = defaultdict(set)
+    for a in loose.plan.assignments:
+        by_scene[scene_of[a.source]].add(a.split)
+    assert any(len(s) > 1 for s in by_scene.values())

@@ -10,12 +10,27 @@
     ├── cog/cog_bb_flunky_0.png     <group>/<label>_<index>.png, lossless
     └── toon/toon_cat_0.png
 
+Same object, duplicates, conflicts: an object is known by its screenshot (path under the
+screenshots root and content: file bytes or decoded pixels), its box and its label; one already
+in the pool is not cropped again. A screenshot with the same content as another one in the pool
+under another name is a duplicate: reported (a warning), its objects kept, and grouped with it
+by ``split`` (when the other name is no longer there, neither read now nor in processed/, it is
+taken as the same screenshot renamed: its crops are this file's, so nothing is cropped again,
+and deleting a copy then re-running extract retires the copy's crops). An object whose label
+differs from that of a pooled object at the same content and box, of another file or of the
+same XML, is a **label conflict**: both crops are kept and the conflict is an error naming both
+files (exit status 1; with ``--move`` the screenshot stays for fixing). The pool follows the
+XML: when a screenshot (same path under the screenshots root, same content) is extracted again,
+its crops whose object was relabelled, moved or deleted in the XML are retired in the manifest
+(``status``, ``replaced_by``; the file stays on disk) and the new objects are cropped with fresh
+indices.
+
 Crash safety: crops are written to ``unsorted/.staging/`` first, then the manifest is
-replaced atomically, then the staged crops are renamed into place. A kill before the
-manifest commit leaves staged files that the next run deletes and redoes; a kill after it
-leaves staged files that the next run renames into place. Either way the pool ends as an
-uninterrupted run would leave it. Indices come from the manifest, whose rows are never
-removed, so they only grow.
+replaced atomically (new rows, retired rows and filled-in hashes in the same write), then the
+staged crops are renamed into place. A kill before the manifest commit leaves staged files that
+the next run deletes and redoes; a kill after it leaves staged files that the next run renames
+into place. Either way the pool ends as an uninterrupted run would leave it. Indices come from
+the manifest, whose rows are never removed, so they only grow.
 """
 
 from __future__ import annotations
@@ -25,10 +40,10 @@ import hashlib
 import io
 import logging
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -39,6 +54,7 @@ from toonvision.constants import (
     PNG_COMPRESS_LEVEL,
     XML_SUFFIX,
 )
+from toonvision.dedup import phash
 from toonvision.errors import (
     AnnotationError,
     ImageError,
@@ -51,7 +67,7 @@ from toonvision.images import decode_image, read_image_bytes
 from toonvision.labels import group_of, normalise_label, read_classes_file
 from toonvision.layout import Layout
 from toonvision.locks import locked
-from toonvision.manifest import CropRecord, load_manifest, save_manifest
+from toonvision.manifest import RETIRED, CropRecord, load_manifest, save_manifest
 from toonvision.problems import (
     Problem,
     Severity,
@@ -92,6 +108,7 @@ class Crop:
     box: tuple[int, int, int, int]
     png: bytes | None
     sha256: str
+    phash: str = ""
 
     @property
     def width(self) -> int:
@@ -110,6 +127,8 @@ class ScreenshotCrops:
     source_sha256: str
     crops: tuple[Crop, ...]
     problems: tuple[Problem, ...]
+    pixels_sha256: str = ""  # of the decoded pixels: equal for a screenshot saved again without change
+    phash: str = ""  # perceptual hash (toonvision.dedup), for near-duplicates
 
     @property
     def has_errors(self) -> bool:
@@ -135,6 +154,9 @@ class ExtractResult:
     pool_size: int
     pool: Path
     problems: tuple[Problem, ...] = field(default=())
+    retired: int = 0  # crops whose object was relabelled, moved or deleted in its XML
+    conflicts: int = 0  # objects labelled otherwise than the pooled object at the same pixels and box
+    duplicate_screenshots: int = 0  # screenshots with the content of another one in the pool
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -157,6 +179,15 @@ class ExtractResult:
             f"{self.already_in_pool} already in the pool"
             + (f", {self.moved} screenshots moved to processed/" if self.moved else ""),
         ]
+        if self.retired:
+            lines.append(f"{self.retired} crops retired: their object was relabelled, moved or deleted in the XML "
+                         "(manifest.csv status 'retired'; new crops were added for the new labels)")
+        if self.conflicts:
+            lines.append(f"{self.conflicts} label conflicts: identical pixels and box labelled differently in two "
+                         "files; both crops kept: fix the wrong label in labelImg and run extract again")
+        if self.duplicate_screenshots:
+            lines.append(f"{self.duplicate_screenshots} screenshots identical to another one in the pool "
+                         "(kept in one group by split; delete one if it is a copy)")
         skipped = self.skipped_by_reason()
         if skipped:
             lines.append("objects skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
@@ -326,7 +357,12 @@ def read_screenshot(
         crop = _cut_object(image, number, obj, xml, known_labels, encode, problems)
         if crop is not None:
             crops.append(crop)
-    return ScreenshotCrops(screenshot, hashlib.sha256(data).hexdigest(), tuple(crops), tuple(problems))
+    pixels = phash_ = ""
+    if encode:
+        pixels = hashlib.sha256(f"{image.mode} {width}x{height} ".encode() + image.tobytes()).hexdigest()
+        phash_ = phash(image)
+    return ScreenshotCrops(screenshot, hashlib.sha256(data).hexdigest(), tuple(crops), tuple(problems),
+                           pixels, phash_)
 
 
 def _cut_object(image, number, obj, xml, known_labels, encode, problems) -> Crop | None:
@@ -353,25 +389,32 @@ def _cut_object(image, number, obj, xml, known_labels, encode, problems) -> Crop
     if not encode:
         return Crop(number, label, clipped, None, "")
     buffer = io.BytesIO()
-    image.crop(clipped).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    region = image.crop(clipped)
+    region.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     png = buffer.getvalue()
-    return Crop(number, label, clipped, png, hashlib.sha256(png).hexdigest())
+    return Crop(number, label, clipped, png, hashlib.sha256(png).hexdigest(), phash(region))
 
 
 def _extract_locked(layout, root, found, known_labels, options, problems, progress) -> ExtractResult:
     _recover_staging(layout)
     records = load_manifest(layout.manifest)
-    seen = {record.dedup_key for record in records}
+    index = _PoolIndex(records)
     next_index = _next_indices(records, layout.pool)
     pending: list[CropRecord] = []
     moves: list[Screenshot] = []
     written = duplicates = moved = 0
+    counts = Counter()
+    conflict_pairs: set[frozenset[str]] = set()
+    discovered = {screenshot.relative for screenshot in found.screenshots}
+    dirty = False  # rows changed in place (retired, hashes filled in): the manifest must be saved
     folders = _Folders()
 
     def commit() -> None:
-        nonlocal written, moved
-        if pending:
+        nonlocal written, moved, dirty
+        if pending or dirty:
             save_manifest(layout.manifest, records)
+            dirty = False
+        if pending:
             for record in pending:
                 os.replace(layout.staging / record.crop, folders.ready(layout.pool / record.crop))
             written += len(pending)
@@ -383,16 +426,53 @@ def _extract_locked(layout, root, found, known_labels, options, problems, progre
     results = _read_all(found.screenshots, known_labels, encode=True, workers=options.workers, progress=progress)
     for result in results:
         problems.extend(result.problems)
+        if not result.source_sha256:  # the XML or the image could not be read: nothing to compare
+            continue
+        dirty |= index.fill_hashes(result)
+        here, xml = result.screenshot.relative, str(result.screenshot.xml)
+        twins = index.other_sources(result)
+        present = [t for t in twins if _still_there(t, discovered, layout.processed)]
+        mine = {here, *(t for t in twins if t not in present)}  # a twin that is gone: this file, renamed
+        if present:
+            counts["duplicate screenshots"] += 1
+            problems.append(Problem(
+                str(result.screenshot.image), f"has the same pixels as {present[0]}, already in the pool"
+                + (f" (and {len(present) - 1} more)" if len(present) > 1 else "")
+                + "; the objects of both are kept and split keeps them in one group: delete one if it is a copy",
+                severity=WARNING))
+        if len(mine) > 1:
+            logger.info("%s: the same pixels as %s, which is gone: taken as that screenshot under a new name",
+                        result.screenshot.image, ", ".join(sorted(mine - {here})))
+        matched: dict[int, int] = {}  # pool row -> the object of this XML that is it
+        replacement: dict[tuple[int, int, int, int], str] = {}  # box -> the crop added there in this run
         for crop in result.crops:
-            key = (result.source_sha256, *crop.box)
-            if key in seen:
+            own = [k for k in index.at(result, crop.box)
+                   if records[k].label == crop.label and records[k].source in mine]
+            if own:  # already in the pool, from this screenshot (or from it under its old name)
+                k = min(own, key=lambda k: (records[k].source != here, k))
+                if k in matched:
+                    problems.append(Problem(xml, f"{crop.label}: repeats object {matched[k]} (same box and label); "
+                                            "cropped once", crop.obj, WARNING))
+                matched.setdefault(k, crop.obj)
                 duplicates += 1
                 continue
-            seen.add(key)
             record = _stage_crop(layout, result, crop, next_index, folders)
             records.append(record)
             pending.append(record)
-        if options.move and not result.has_errors:
+            index.add(len(records) - 1)
+            matched[len(records) - 1] = crop.obj
+            replacement[crop.box] = record.crop
+        conflicted = _report_conflicts(result, records, index, matched, mine, conflict_pairs, problems)
+        for k in index.rows_of(result, mine):
+            if k not in matched:  # its object was relabelled, moved or deleted in the XML
+                old = records[k]
+                records[k] = replace(old, status=RETIRED, replaced_by=replacement.get(old.box, ""))
+                index.remove(k)
+                counts["retired"] += 1
+                dirty = True
+                logger.info("%s: %s retired (%s)", xml, old.crop, f"replaced by {replacement[old.box]}"
+                            if old.box in replacement else "its object is no longer in the XML")
+        if options.move and not result.has_errors and not conflicted:
             moves.append(result.screenshot)
         if len(pending) >= options.commit_every:
             commit()
@@ -401,7 +481,113 @@ def _extract_locked(layout, root, found, known_labels, options, problems, progre
     return ExtractResult(
         screenshots=len(found.screenshots), crops_written=written, already_in_pool=duplicates,
         moved=moved, pool_size=len(records), pool=layout.pool, problems=tuple(problems),
+        retired=counts["retired"], conflicts=len(conflict_pairs), duplicate_screenshots=counts["duplicate screenshots"],
     )
+
+
+def _report_conflicts(result, records, index, matched, mine, conflict_pairs, problems) -> bool:
+    """A Problem (error) for each object whose box in identical pixels has another label in the pool.
+
+    Rows of this screenshot that no object matched are about to be retired (a corrected label),
+    so they are no conflict. Each pair of crops is reported once per run; True if any was found.
+    """
+    here, xml = result.screenshot.relative, str(result.screenshot.xml)
+    found = False
+    for crop in result.crops:
+        rows = index.at(result, crop.box)
+        k = next((r for r in rows if r in matched and records[r].label == crop.label), None)  # this object's row
+        for other in rows:
+            o = records[other]
+            if o.label == crop.label or (o.source in mine and other not in matched):
+                continue
+            found = True
+            pair = frozenset((records[k].crop if k is not None else f"{here}#{crop.obj}", o.crop))
+            if pair in conflict_pairs:
+                continue
+            conflict_pairs.add(pair)
+            where = f"object {matched[other]} of this file" if o.source in mine else o.source
+            problems.append(Problem(
+                xml, f"label conflict: {crop.label} here, but {o.label} in {where} for the same box of identical "
+                f"pixels (crop {o.crop}); both crops are kept: fix the wrong label in labelImg and run extract again",
+                crop.obj))
+    return found
+
+
+def _still_there(source: str, discovered: set[str], processed: Path) -> bool:
+    """Whether a pooled screenshot is still a file of its own (read in this run, or moved to processed/)."""
+    return source in discovered or (processed / source).is_file()
+
+
+class _PoolIndex:
+    """The manifest's active rows by content and box, and by screenshot (path and content).
+
+    A row is known under its screenshot file's sha256 and, once extract has seen it, its decoded
+    pixels' sha256 too: a screenshot saved again without change has other bytes but the same pixels.
+    """
+
+    def __init__(self, records: list[CropRecord]) -> None:
+        self.records = records
+        self._at: dict[tuple[str, tuple[int, int, int, int]], list[int]] = defaultdict(list)
+        self._content: dict[str, list[int]] = defaultdict(list)
+        self._screenshot: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for k, record in enumerate(records):
+            if record.active:
+                self.add(k)
+
+    @staticmethod
+    def _keys(sha: str, pixels: str) -> list[str]:
+        return [key for key in (f"file:{sha}" if sha else "", f"pixels:{pixels}" if pixels else "") if key]
+
+    def add(self, k: int) -> None:
+        r = self.records[k]
+        for key in self._keys(r.source_sha256, r.pixels_sha256):
+            self._at[key, r.box].append(k)
+            self._content[key].append(k)
+        self._screenshot[r.source, r.source_sha256].append(k)
+
+    def remove(self, k: int) -> None:
+        r = self.records[k]
+        for key in self._keys(r.source_sha256, r.pixels_sha256):
+            self._at[key, r.box].remove(k)
+            self._content[key].remove(k)
+        self._screenshot[r.source, r.source_sha256].remove(k)
+
+    def at(self, result: ScreenshotCrops, box: tuple[int, int, int, int]) -> list[int]:
+        """Active rows of the same screenshot content and box, in manifest order."""
+        rows: set[int] = set()
+        for key in self._keys(result.source_sha256, result.pixels_sha256):
+            rows.update(self._at.get((key, box), ()))
+        return sorted(rows)
+
+    def rows_of(self, result: ScreenshotCrops, sources: set[str]) -> list[int]:
+        """Active rows cut from this screenshot: its content, under its path or one of ``sources``."""
+        rows = set(self._screenshot.get((result.screenshot.relative, result.source_sha256), ()))
+        for key in self._keys(result.source_sha256, result.pixels_sha256):
+            rows.update(k for k in self._content.get(key, ()) if self.records[k].source in sources)
+        return sorted(rows)
+
+    def other_sources(self, result: ScreenshotCrops) -> list[str]:
+        """Paths of pooled screenshots with this content under another name."""
+        here = result.screenshot.relative
+        sources = {self.records[k].source for key in self._keys(result.source_sha256, result.pixels_sha256)
+                   for k in self._content.get(key, ())}
+        return sorted(sources - {here})
+
+    def fill_hashes(self, result: ScreenshotCrops) -> bool:
+        """Give rows of this screenshot's content from an older extract their pixel and perceptual hashes."""
+        changed = False
+        by_box = {crop.box: crop.phash for crop in result.crops}
+        for k in list(self._content.get(f"file:{result.source_sha256}", ())):
+            r = self.records[k]
+            if r.pixels_sha256 and r.source_phash and r.crop_phash:
+                continue
+            self.remove(k)
+            self.records[k] = replace(r, pixels_sha256=r.pixels_sha256 or result.pixels_sha256,
+                                      source_phash=r.source_phash or result.phash,
+                                      crop_phash=r.crop_phash or by_box.get(r.box, ""))
+            self.add(k)
+            changed = True
+        return changed
 
 
 class _Folders:
@@ -430,6 +616,7 @@ def _stage_crop(
         source=result.screenshot.relative, xmin=crop.box[0], ymin=crop.box[1], xmax=crop.box[2],
         ymax=crop.box[3], width=crop.width, height=crop.height,
         source_sha256=result.source_sha256, crop_sha256=crop.sha256,
+        pixels_sha256=result.pixels_sha256, source_phash=result.phash, crop_phash=crop.phash,
     )
 
 

@@ -2,10 +2,15 @@
 
 ``img/unsorted/manifest.csv`` columns: crop (path relative to the pool), label, group,
 index, source (screenshot path relative to the screenshots root), xmin, ymin, xmax, ymax,
-width, height, source_sha256, crop_sha256. Rows are never removed, so per-label indices
-only grow even after crops are deleted. It is always replaced whole, atomically.
+width, height, source_sha256 (the screenshot file's bytes), crop_sha256, then
+pixels_sha256 (the screenshot's decoded pixels), source_phash and crop_phash (perceptual
+hashes, ``toonvision.dedup``), status (``active`` or ``retired``) and replaced_by. The last five
+are optional when reading: a manifest written before them loads with empty hashes (the next
+``extract`` fills them in) and every crop active. Rows are never removed, so per-label indices
+only grow even after crops are deleted or retired (a retired crop's object changed or left its
+XML; ``replaced_by`` names the crop that took its place). It is always replaced whole, atomically.
 :func:`load_pool` is how split, train, compare and report read the pool: the manifest's
-crops whose files are still there.
+active crops whose files are still there.
 """
 
 from __future__ import annotations
@@ -31,7 +36,12 @@ COLUMNS = (
     "crop", "label", "group", "index", "source",
     "xmin", "ymin", "xmax", "ymax", "width", "height",
     "source_sha256", "crop_sha256",
+    "pixels_sha256", "source_phash", "crop_phash", "status", "replaced_by",
 )
+REQUIRED_COLUMNS = COLUMNS[:13]  # a manifest of an older extract has only these
+ACTIVE = "active"
+RETIRED = "retired"
+STATUSES = (ACTIVE, RETIRED)
 _INT_COLUMNS = {"index", "xmin", "ymin", "xmax", "ymax", "width", "height"}
 
 
@@ -52,6 +62,11 @@ class CropRecord:
     height: int
     source_sha256: str
     crop_sha256: str
+    pixels_sha256: str = ""
+    source_phash: str = ""
+    crop_phash: str = ""
+    status: str = ACTIVE
+    replaced_by: str = ""
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -59,8 +74,13 @@ class CropRecord:
 
     @property
     def dedup_key(self) -> tuple[str, int, int, int, int]:
-        """Same screenshot content and same box: the same crop."""
+        """Same screenshot content and same box: the same object (its label may still differ)."""
         return (self.source_sha256, *self.box)
+
+    @property
+    def active(self) -> bool:
+        """False once re-extraction retired it (its object changed or left the XML)."""
+        return self.status != RETIRED
 
 
 def load_manifest(path: Path) -> list[CropRecord]:
@@ -76,24 +96,35 @@ def parse_manifest(text: str, path: Path | str = "manifest.csv") -> list[CropRec
     header = next(rows, None)
     if header is None:
         return []
-    missing = set(COLUMNS) - set(header)
+    missing = set(REQUIRED_COLUMNS) - set(header)
     if missing:
         raise PoolError(
             f"{path}: manifest lacks columns {sorted(missing)}; "
             "move it aside and run `toonvision extract` again"
         )
-    positions = [header.index(name) for name in COLUMNS]
+    positions = [header.index(name) if name in header else -1 for name in COLUMNS]
     is_int = [name in _INT_COLUMNS for name in COLUMNS]
+    defaults = [f.default for f in fields(CropRecord)]
+    check_status = "status" in header
     records = []
     for line, row in enumerate(rows, start=2):
         try:
-            values = [int(row[i]) if numeric else row[i] for i, numeric in zip(positions, is_int, strict=True)]
+            values = [
+                defaults[k] if i < 0 else int(row[i]) if numeric else row[i]
+                for k, (i, numeric) in enumerate(zip(positions, is_int, strict=True))
+            ]
         except (IndexError, ValueError):
             raise PoolError(
                 f"{path}: line {line} is damaged; "
                 "move the manifest aside and run `toonvision extract` again"
             ) from None
-        records.append(CropRecord(*values))
+        record = CropRecord(*values)
+        if check_status and record.status not in STATUSES:
+            raise PoolError(
+                f"{path}: line {line} has status {record.status!r}, not one of {', '.join(STATUSES)}; "
+                "fix that row or move the manifest aside and run `toonvision extract` again"
+            )
+        records.append(record)
     return records
 
 
@@ -144,10 +175,11 @@ def is_safe_relative(path: str) -> bool:
 
 @without_gc
 def load_pool(layout: Layout) -> tuple[list[CropRecord], tuple[str, ...]]:
-    """The manifest's crops whose files are in the pool, and the crops listed but gone.
+    """The manifest's active crops whose files are in the pool, and the active crops listed but gone.
 
     Crops deleted by hand (a bad crop removed from ``img/unsorted``) stay in the manifest,
-    whose rows are never removed; they are left out of splits and reports.
+    whose rows are never removed; they are left out of splits and reports. Retired crops
+    (their object was relabelled or removed in its XML, see ``extract``) are left out silently.
     """
     if not layout.manifest.is_file():
         raise PoolError(f"no crop pool at {layout.pool}: run `toonvision extract` first")
@@ -157,6 +189,8 @@ def load_pool(layout: Layout) -> tuple[list[CropRecord], tuple[str, ...]]:
     present: dict[str, set[str]] = {}
     kept, missing = [], []
     for record in records:
+        if not record.active:
+            continue
         if not is_safe_relative(record.crop):
             raise PoolError(
                 f"{layout.manifest}: crop path {record.crop!r} points outside the pool; fix that row "

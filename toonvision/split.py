@@ -14,9 +14,11 @@ the new one, never a mix.
 
 Stratification: each class is divided by the ratios with largest-remainder rounding, and every
 class gets at least one crop in every split. Group-aware (the default): all crops of one source
-screenshot of a task go to the same split, since they share background and lighting; the groups
-are placed greedily (largest first, seeded order) and then improved by moving single groups while
-that brings the per-class counts closer to their targets.
+screenshot of a task go to the same split, since they share background and lighting, and so do
+the crops of screenshots with identical pixels or near-duplicate perceptual hashes (the same scene
+a frame apart: ``toonvision.dedup.screenshot_groups``, from the hashes extract keeps in the
+manifest); the groups are placed greedily (largest first, seeded order) and then improved by
+moving single groups while that brings the per-class counts closer to their targets.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from toonvision.dedup import screenshot_groups
 from toonvision.errors import PoolError, SplitError, UsageError, write_error
 from toonvision.fsutil import (
     atomic_write_text,
@@ -88,6 +91,7 @@ class SplitPlan:
     classes: tuple[str, ...]
     assignments: tuple[Assignment, ...] = field(repr=False)
     excluded: tuple[tuple[str, int], ...] = ()
+    near_merged: int = 0  # screenshots put in one group with near-duplicates of other content
 
     def __post_init__(self) -> None:
         if len(self.ratios) not in (2, 3):
@@ -159,6 +163,9 @@ class SplitResult:
         totals = [sum(counts[cls, s] for cls in plan.classes) for s in plan.splits]
         overall = "/".join(f"{r:.2f}" for r in plan.overall_ratios())
         lines.append(f"{'total':<{width}} {' '.join(f'{n:>8}' for n in totals)} {sum(totals):>7}  {overall}")
+        if plan.grouped:
+            lines.append(f"{plan.near_merged} screenshots merged into near-duplicate groups"
+                         + (" (same scene, other frame or encoding: kept in one split)" if plan.near_merged else ""))
         if plan.excluded:
             left_out = ", ".join(f"{cls} ({n})" for cls, n in plan.excluded)
             lines.append(f"left out by --min-per-class: {left_out}")
@@ -226,10 +233,15 @@ def plan_split(
         )
         del by_class[cls]
     classes = tuple(sorted(by_class))
-    _check_feasible(task, by_class, len(ratios), group)
+    groups = screenshot_groups([r for crops in by_class.values() for r in crops]) if group else None
+    keys = groups.group_of if groups is not None else {}
+    if groups is not None and groups.unhashed:
+        logger.info("%d screenshots of task %s have no perceptual hash (extracted by an older version): grouped "
+                    "by exact content only until `toonvision extract` reads them again", groups.unhashed, task.name)
+    _check_feasible(task, by_class, len(ratios), group, keys)
 
     if group:
-        split_of = _assign_groups(by_class, classes, ratios, seed)
+        split_of = _assign_groups(by_class, classes, ratios, seed, keys)
     else:
         split_of = _assign_per_class(by_class, classes, ratios, seed)
     names = SPLITS[: len(ratios)]
@@ -239,7 +251,8 @@ def plan_split(
             s = split_of[r.crop]
             buckets[s].append(Assignment(r.crop, r.label, cls, names[s], r.source, r.source_sha256))
     assignments = tuple(a for bucket in buckets for a in bucket)
-    return SplitPlan(task.name, seed, ratios, group, classes, assignments, excluded)
+    return SplitPlan(task.name, seed, ratios, group, classes, assignments, excluded,
+                     groups.merged if groups is not None else 0)
 
 
 def _crops_by_class(records: Sequence[CropRecord], task: Task) -> dict[str, list[CropRecord]]:
@@ -286,7 +299,9 @@ def _crops_by_class(records: Sequence[CropRecord], task: Task) -> dict[str, list
     return dict(by_class)
 
 
-def _check_feasible(task: Task, by_class: Mapping[str, list[CropRecord]], n_splits: int, group: bool) -> None:
+def _check_feasible(
+    task: Task, by_class: Mapping[str, list[CropRecord]], n_splits: int, group: bool, keys: Mapping[str, str]
+) -> None:
     """Every class must be able to put a crop in every split; name all those that cannot."""
     splits = ", ".join(SPLITS[:n_splits])
     if len(by_class) < 2:
@@ -300,7 +315,7 @@ def _check_feasible(task: Task, by_class: Mapping[str, list[CropRecord]], n_spli
         if len(crops) < n_splits:
             too_small.append(f"{cls} has {len(crops)} crop{'' if len(crops) == 1 else 's'}")
         elif group:
-            sources = len({_group_key(r) for r in crops})
+            sources = len({keys.get(r.crop) or _group_key(r) for r in crops})
             if sources < n_splits:
                 too_few_sources.append(f"{cls} has {len(crops)} crops from only {sources} screenshot"
                                        f"{'' if sources == 1 else 's'}")
@@ -365,10 +380,11 @@ def _assign_per_class(
 
 
 def _assign_groups(
-    by_class: Mapping[str, list[CropRecord]], classes: Sequence[str], ratios: Sequence[float], seed: int
+    by_class: Mapping[str, list[CropRecord]], classes: Sequence[str], ratios: Sequence[float], seed: int,
+    keys: Mapping[str, str] | None = None,
 ) -> dict[str, int]:
     """Grouped: whole screenshots go to one split, as close to each class's counts as groups allow."""
-    groups = _GroupAssigner(by_class, classes, ratios, seed)
+    groups = _GroupAssigner(by_class, classes, ratios, seed, keys)
     groups.place()
     groups.reach_every_split()
     passes = groups.improve()
@@ -387,8 +403,10 @@ class _GroupAssigner:
     """
 
     def __init__(
-        self, by_class: Mapping[str, list[CropRecord]], classes: Sequence[str], ratios: Sequence[float], seed: int
+        self, by_class: Mapping[str, list[CropRecord]], classes: Sequence[str], ratios: Sequence[float], seed: int,
+        keys: Mapping[str, str] | None = None,
     ) -> None:
+        keys = keys or {}
         self.classes = classes
         self.n_splits = len(ratios)
         group_of: dict[str, int] = {}
@@ -396,7 +414,7 @@ class _GroupAssigner:
         contents: list[dict[int, int]] = []  # crops per class of each group
         for c, cls in enumerate(classes):  # canonical order: class, then crop path
             for r in by_class[cls]:
-                key = _group_key(r)
+                key = keys.get(r.crop) or _group_key(r)
                 g = group_of.get(key)
                 if g is None:
                     g = group_of[key] = len(self.members)
@@ -628,6 +646,7 @@ def _header(plan: SplitPlan) -> dict[str, Any]:
         "classes": list(plan.classes),
         "excluded": [[cls, n] for cls, n in plan.excluded],
         "crops": len(plan.assignments),
+        "near_duplicates_merged": plan.near_merged,
     }
 
 
@@ -668,6 +687,7 @@ def _plan_from_header(header: Mapping[str, Any], rows: list[Assignment]) -> Spli
         classes=tuple(str(c) for c in header["classes"]),
         assignments=tuple(rows),
         excluded=tuple((str(c), int(n)) for c, n in header.get("excluded", ())),
+        near_merged=int(header.get("near_duplicates_merged", 0)),
     )
 
 
