@@ -43,6 +43,9 @@ FINE_TUNE_RATE_FACTOR = 0.1  # the second phase of --fine-tune learns at a tenth
 DEFAULT_FINE_TUNE_EPOCHS = 5
 SMALLRES_WIDTHS = (32, 64, 128)  # filters of the stem/first block, then of each later block
 SMALLRES_MIN_SIZE = 8  # three 2x2 poolings leave at least 1x1
+# Keras' default 0.99 lets the moving statistics lag far behind the weights on small data (a few hundred
+# steps in all): measured on synthetic suits, validation accuracy stayed at chance while training reached 0.96.
+SMALLRES_BN_MOMENTUM = 0.9
 _MOBILENET_SQUARE_SIZES = (96, 128, 160, 192, 224)
 # Where keras.applications.MobileNetV2 downloads its weights from (its BASE_WEIGHT_PATH; a test checks they agree).
 MOBILENET_WEIGHTS_ORIGIN = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
@@ -104,7 +107,7 @@ def _conv_bn(x: keras.KerasTensor, filters: int, name: str, kernel: int = 3) -> 
     from keras import layers
 
     x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    return layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.BatchNormalization(momentum=SMALLRES_BN_MOMENTUM, name=f"{name}_bn")(x)
 
 
 def _residual_block(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
