@@ -8,7 +8,8 @@
                  32/64/128 filters) -> GlobalAveragePooling -> Dropout -> head; from scratch, for small
                  data; downsamples by max-pooling only (no strided convolutions: see _smallres_features)
     mobilenetv2  frozen MobileNetV2 base -> GlobalAveragePooling -> BatchNorm -> Dense 32 relu
-                 -> Dropout 0.5 -> head
+                 -> Dropout 0.5 -> head; ImageNet weights from Keras' cache, downloaded into it
+                 when missing; ``unfreeze_top`` opens its last block for a fine-tuning phase
 
 Every model takes float RGB images in 0..255 (what ``image_dataset_from_directory`` yields)
 and does its own input scaling, so a saved model needs no outside preprocessing. Heads:
