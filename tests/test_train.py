@@ -332,3 +332,25 @@ def test_fine_tune_trains_a_second_phase_on_the_top_of_the_base_only(binary_pool
                                  "batch_norm": "frozen"}
     assert json.loads((out / TRAIN_INFO).read_text())["config"]["fine_tune"] == 1
     assert TrainConfig(task="binary").identity()["fine_tune"] == 0
+
+
+def test_offline_imagenet_weights_stop_training_with_the_message_before_anything_is_written(
+    binary_pool, tmp_path, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from toonvision.cli import main
+    from toonvision.models import mobilenet_weights_file_name
+
+    layout, _records = binary_pool
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr("toonvision.models._keras_cache_dirs", lambda: [tmp_path / "keras"])
+    monkeypatch.setattr("toonvision.models.MOBILENET_WEIGHTS_ORIGIN", "http://127.0.0.1:9/")  # refused: offline
+    result = CliRunner().invoke(main, [
+        "--img-dir", str(layout.img_dir), "--models-dir", str(layout.models_dir), "train", "--task", "binary",
+        "--model", "mobilenetv2", "--image-size", "32x32", "--epochs", "1", "--seed", "5",
+    ])
+    assert result.exit_code == 1
+    assert mobilenet_weights_file_name((32, 32)) in result.output and "Traceback" not in result.output
+    assert str(tmp_path / "keras" / "models") in result.output
+    assert not layout.task_models("binary").exists()
