@@ -1,6 +1,11 @@
-"""Model builders: the original architecture, the heads, fresh optimizers, offline weights."""
+"""Model builders: the original architecture, the heads, fresh optimizers, ImageNet weights, fine-tuning."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -8,13 +13,19 @@ import pytest
 
 from toonvision.errors import TrainingError, UsageError  # noqa: E402
 from toonvision.models import (  # noqa: E402
+    LEARNING_RATE,
+    MOBILENET_WEIGHTS_ORIGIN,
     MODEL_NAMES,
     build_model,
     default_dropout,
     get_model_spec,
     mobilenet_weights_file_name,
     resolve_mobilenet_weights,
+    unfreeze_top,
 )
+
+REPO = Path(__file__).resolve().parents[1]
+UNROUTABLE = "http://127.0.0.1:9/"  # the discard port: refused at once, so a download fails as offline would
 
 SMALL = (48, 44)
 
@@ -131,14 +142,73 @@ def test_mobilenetv2_builds_and_trains_a_step_without_pretrained_weights():
     model.run_eagerly = True  # tracing MobileNetV2 into a graph costs ~10 s; one eager step shows the wiring
     model.fit(x, y, epochs=1, batch_size=8, verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 1
-    assert all(np.array_equal(b, w.numpy()) for b, w in zip(before, base.weights))
+    assert all(np.array_equal(b, w.numpy()) for b, w in zip(before, base.weights, strict=True))
 
 
-def test_imagenet_weights_are_never_downloaded(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setattr("toonvision.models._keras_cache_dirs", lambda: [tmp_path / "keras"])
-    with pytest.raises(TrainingError, match="--weights none"):
+def _base(model):
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def write_legacy_weights(path: Path, size=(32, 32), seed: int = 99) -> list[np.ndarray]:
+    """A no-top MobileNetV2 weights file in the HDF5 layout Keras downloads, made here: its weights."""
+    import h5py
+    from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
+
+    keras.utils.set_random_seed(seed)
+    base = keras.applications.MobileNetV2(input_shape=(*size, 3), include_top=False, weights=None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        save_weights_to_hdf5_group(f, base)
+    return [w.numpy().copy() for w in base.weights]
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """An empty Keras cache and no network: every download goes to a refused local port."""
+    home = tmp_path / "keras"
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    monkeypatch.setattr("toonvision.models.MOBILENET_WEIGHTS_ORIGIN", UNROUTABLE)
+    monkeypatch.setattr("toonvision.models._keras_cache_dirs", lambda: [home])  # not this machine's /tmp/.keras
+    return home
+
+
+def test_the_weights_origin_is_the_one_keras_downloads_from():
+    from keras.src.applications import mobilenet_v2
+
+    assert MOBILENET_WEIGHTS_ORIGIN == mobilenet_v2.BASE_WEIGHT_PATH
+
+
+def test_imagenet_weights_are_loaded_from_the_keras_cache_without_network(keras_home):
+    saved = write_legacy_weights(keras_home / "models" / mobilenet_weights_file_name((32, 32)))
+    model = build_model("mobilenetv2", 2, (32, 32), weights="imagenet", seed=0)
+    loaded = [w.numpy() for w in _base(model).weights]
+    assert len(loaded) == len(saved)
+    assert all(np.array_equal(a, b) for a, b in zip(saved, loaded, strict=True))
+    fresh = build_model("mobilenetv2", 2, (32, 32), weights=None, seed=0)
+    assert not np.array_equal(_base(fresh).weights[0].numpy(), saved[0])  # the file, not the seed, gave them
+
+
+def test_offline_imagenet_weights_say_which_file_from_where_and_where_to_put_it(keras_home):
+    name = mobilenet_weights_file_name((64, 64))
+    with pytest.raises(TrainingError) as caught:
         build_model("mobilenetv2", 2, (64, 64), weights="imagenet")
+    message = str(caught.value)
+    assert name in message
+    assert UNROUTABLE + name in message
+    assert str(keras_home / "models") in message
+    assert "--weights none" in message and "--weights PATH" in message
+    assert list((keras_home / "models").iterdir()) == []  # nothing half-downloaded is left to be taken for weights
+
+
+def test_missing_imagenet_weights_are_downloaded_into_the_keras_cache(keras_home, tmp_path, monkeypatch):
+    name = mobilenet_weights_file_name((32, 32))
+    saved = write_legacy_weights(tmp_path / "server" / name)
+    monkeypatch.setattr("toonvision.models.MOBILENET_WEIGHTS_ORIGIN", (tmp_path / "server").as_uri() + "/")
+    path = resolve_mobilenet_weights("imagenet", (32, 32))
+    assert path == str(keras_home / "models" / name)
+    assert [p.name for p in (keras_home / "models").iterdir()] == [name]  # the temporary name is gone
+    model = build_model("mobilenetv2", 2, (32, 32), weights=path, seed=0)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(saved, _base(model).weights, strict=True))
 
 
 def test_imagenet_weights_are_found_in_the_keras_cache(tmp_path, monkeypatch):
@@ -171,6 +241,7 @@ def test_missing_weights_file_is_named(tmp_path):
         ("baseline", 1, SMALL, "at least 2 classes"),
         ("baseline", 2, (43, 100), "at least 44x44"),
         ("mobilenetv2", 2, (31, 64), "at least 32x32"),
+        ("smallres", 2, (64, 7), "at least 8x8"),
     ],
 )
 def test_bad_arguments_are_usage_errors(name, classes, size, message):
@@ -178,8 +249,8 @@ def test_bad_arguments_are_usage_errors(name, classes, size, message):
         build_model(name, classes, size, weights=None)
 
 
-def test_the_cli_offers_exactly_the_three_models():
-    assert MODEL_NAMES == ("baseline", "optimized", "mobilenetv2")
+def test_the_cli_offers_exactly_the_four_models():
+    assert MODEL_NAMES == ("baseline", "optimized", "smallres", "mobilenetv2")
 
 
 @pytest.mark.parametrize(
@@ -195,3 +266,72 @@ def test_the_registry_builds_the_same_models_as_before(name, classes, size, para
     assert model.layers[-2].name == ("dropout" if dropout is not None else "flatten")
     decays = isinstance(getattr(model.optimizer, "_learning_rate", None), keras.optimizers.schedules.ExponentialDecay)
     assert decays == get_model_spec(name).lr_decay == (name == "optimized")
+
+
+# -- smallres ----------------------------------------------------------------------------------
+
+
+def test_smallres_is_residual_with_batch_norm_global_pooling_and_no_strided_convolutions():
+    model = build_model("smallres", 4, (64, 64), seed=0)
+    assert model.count_params() == 309_220
+    assert build_model("smallres", 4, (600, 200), seed=0).count_params() == 309_220  # global pooling: any size
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds[:2] == ["InputLayer", "Rescaling"] and model.layers[1].scale == pytest.approx(1 / 255)
+    assert kinds.count("Add") == 3 and kinds.count("MaxPooling2D") == 3
+    assert kinds.count("BatchNormalization") == kinds.count("Conv2D") == 9
+    # moving statistics that keep up with a few hundred steps (Keras' 0.99 left validation at chance)
+    assert {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)} == {0.9}
+    assert kinds[-3:] == ["GlobalAveragePooling2D", "Dropout", "Dense"]
+    # the oneDNN trap: strided convolutions aborted training on some CPUs, so only pooling downsamples
+    assert all(layer.strides == (1, 1) for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert default_dropout("smallres", 2) == default_dropout("smallres", 4) == 0.3
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_smallres_loss_goes_down_on_an_easy_set(classes):
+    x, y = colour_batch(classes, size=(32, 32))
+    model = build_model("smallres", classes, (32, 32), seed=0, steps_per_epoch=3)
+    losses = model.fit(x, y, epochs=4, batch_size=8, verbose=0, shuffle=True).history["loss"]
+    assert losses[-1] < losses[0]
+
+
+def test_smallres_trains_in_a_clean_environment():
+    """TensorFlow's defaults (oneDNN on): what a user's shell has, not this test run's settings."""
+    script = (
+        "import numpy as np\n"
+        "from toonvision.models import build_model\n"
+        "x = np.random.default_rng(0).uniform(0, 255, (16, 40, 24, 3)).astype('float32')\n"
+        "y = np.arange(16) % 3\n"
+        "model = build_model('smallres', 3, (40, 24), seed=0)\n"
+        "history = model.fit(x, y, epochs=1, batch_size=8, verbose=0)\n"
+        "assert np.isfinite(history.history['loss']).all()\n"
+        "print('trained', int(model.optimizer.iterations.numpy()))\n"
+    )
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "trained 2" in done.stdout
+
+
+# -- fine-tuning -------------------------------------------------------------------------------
+
+
+def test_fine_tuning_unfreezes_exactly_the_last_block_and_lowers_the_learning_rate():
+    model = build_model("mobilenetv2", 3, (32, 32), weights=None, seed=0)
+    base = _base(model)
+    assert model.optimizer.learning_rate.numpy() == pytest.approx(LEARNING_RATE)
+    unfrozen = unfreeze_top(model)
+    assert unfrozen == ("block_16_expand", "block_16_depthwise", "block_16_project", "Conv_1")
+    trainable = {layer.name for layer in base.layers if layer.trainable and layer.weights}
+    assert trainable == set(unfrozen)
+    assert all(not layer.trainable for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization))
+    assert {w.path.split("/")[0] for w in model.trainable_weights} >= {"batch_norm", "dense", "head"}
+    assert model.optimizer.learning_rate.numpy() == pytest.approx(LEARNING_RATE / 10)
+    assert int(model.optimizer.iterations.numpy()) == 0  # a fresh optimizer for the second phase
+    assert model.loss == "sparse_categorical_crossentropy"
+
+
+def test_only_models_with_a_pretrained_base_can_be_fine_tuned():
+    with pytest.raises(UsageError, match="no pretrained base"):
+        unfreeze_top(build_model("baseline", 2, SMALL))

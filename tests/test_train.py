@@ -82,6 +82,8 @@ def trained(tmp_path_factory):
         ({"ratios": (0.5, 0.3, 0.3)}, "summing to 1"),
         ({"resume": True, "overwrite": True}, "contradict"),
         ({"seed": -1}, "--seed"),
+        ({"fine_tune": True}, "--fine-tune needs a model with a pretrained base \\(mobilenetv2\\)"),
+        ({"model": "mobilenetv2", "fine_tune": True, "fine_tune_epochs": 0}, "--fine-tune-epochs"),
     ],
 )
 def test_bad_options_are_usage_errors(kwargs, message):
@@ -292,3 +294,61 @@ def test_cli_usage_errors_exit_2_without_traceback(tmp_path, args, message):
     )
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_fine_tune_trains_a_second_phase_on_the_top_of_the_base_only(binary_pool):
+    """Phase 1: the head on a frozen base; phase 2: block_16 and Conv_1 too, at a tenth of the rate."""
+    import toonvision.train
+
+    layout, _records = binary_pool
+    built, real_build = [], toonvision.train.build_model
+
+    def build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        built.append((model, {w.path: w.numpy().copy() for w in model.weights}))
+        return model
+
+    toonvision.train.build_model = build
+    try:
+        train(layout, TrainConfig(task="binary", model="mobilenetv2", weights=None, fine_tune=True,
+                                  fine_tune_epochs=1, **{**TINY, "image_size": (32, 32)}))
+    finally:
+        toonvision.train.build_model = real_build
+    model, initial = built[0]
+    changed = {w.path for w in model.weights if not np.array_equal(initial[w.path], w.numpy())}
+    base = {w.path for w in model.layers[2].weights}
+    top = ("block_16_expand/", "block_16_depthwise/", "block_16_project/", "Conv_1/")
+    assert {p for p in changed & base} == {p for p in base if p.startswith(top)}  # only the top learned
+    assert "head/kernel" in changed
+    assert model.optimizer.learning_rate.numpy() == pytest.approx(1e-4)
+    out = layout.task_models("binary")
+    history = json.loads((out / HISTORIES).read_text().splitlines()[0])["history"]
+    assert len(history["loss"]) == len(history["val_loss"]) == 2  # 1 epoch + 1 fine-tuning epoch
+    assert ledger(out / LEDGER)[0]["epochs"] == "2"
+    info = json.loads((out / BEST_INFO).read_text())
+    assert info["fine_tune"] == {"epochs": 1, "unfrozen_from": "block_16_expand", "learning_rate": pytest.approx(1e-4),
+                                 "batch_norm": "frozen"}
+    assert json.loads((out / TRAIN_INFO).read_text())["config"]["fine_tune"] == 1
+    assert TrainConfig(task="binary").identity()["fine_tune"] == 0
+
+
+def test_offline_imagenet_weights_stop_training_with_the_message_before_anything_is_written(
+    binary_pool, tmp_path, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from toonvision.cli import main
+    from toonvision.models import mobilenet_weights_file_name
+
+    layout, _records = binary_pool
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr("toonvision.models._keras_cache_dirs", lambda: [tmp_path / "keras"])
+    monkeypatch.setattr("toonvision.models.MOBILENET_WEIGHTS_ORIGIN", "http://127.0.0.1:9/")  # refused: offline
+    result = CliRunner().invoke(main, [
+        "--img-dir", str(layout.img_dir), "--models-dir", str(layout.models_dir), "train", "--task", "binary",
+        "--model", "mobilenetv2", "--image-size", "32x32", "--epochs", "1", "--seed", "5",
+    ])
+    assert result.exit_code == 1
+    assert mobilenet_weights_file_name((32, 32)) in result.output and "Traceback" not in result.output
+    assert str(tmp_path / "keras" / "models") in result.output
+    assert not layout.task_models("binary").exists()

@@ -52,7 +52,7 @@ from toonvision.layout import (
     Layout,
 )
 from toonvision.modelreport import REPORT_HTML
-from toonvision.models import MODEL_NAMES
+from toonvision.models import DEFAULT_FINE_TUNE_EPOCHS, MODEL_NAMES
 from toonvision.tasks import BUILTIN_TASKS, CONFIG_NAME
 
 logger = logging.getLogger("toonvision")
@@ -404,7 +404,8 @@ batch_size_option = click.option(
 )
 weights_option = click.option(
     "--weights", default=DEFAULT_WEIGHTS, show_default=True, metavar="imagenet|none|PATH",
-    help="mobilenetv2 only: Keras' cached ImageNet weights, none (from scratch) or a weights file.",
+    help="mobilenetv2 only: ImageNet weights from Keras' cache (downloaded into it when missing), "
+         "none (from scratch) or a weights file.",
 )
 
 
@@ -421,6 +422,11 @@ weights_option = click.option(
 @image_size_option
 @batch_size_option
 @weights_option
+@click.option("--fine-tune", is_flag=True,
+              help="mobilenetv2: after the head has trained on the frozen base, unfreeze the base's last block "
+                   "and train --fine-tune-epochs more at a tenth of the learning rate.")
+@click.option("--fine-tune-epochs", type=click.IntRange(min=1), default=DEFAULT_FINE_TUNE_EPOCHS, show_default=True,
+              help="Epochs of the --fine-tune phase.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted training in models/<task>/.")
 @click.option("--overwrite", is_flag=True, help="Replace the training in models/<task>/.")
 @click.option("--mixed-precision", is_flag=True,
@@ -431,9 +437,9 @@ weights_option = click.option(
 @pass_context
 @_reports_errors
 def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, seed: int | None,
-          ratio: tuple[float, ...], image_size: HW, batch_size: int, weights: str,
-          resume: bool, overwrite: bool, mixed_precision: bool, no_group: bool, min_per_class: int | None,
-          config: Path | None) -> None:
+          ratio: tuple[float, ...], image_size: HW, batch_size: int, weights: str, fine_tune: bool,
+          fine_tune_epochs: int, resume: bool, overwrite: bool, mixed_precision: bool, no_group: bool,
+          min_per_class: int | None, config: Path | None) -> None:
     """Train over repeated re-splits of the pool; keep the run best on validation in models/<task>/."""
     _quiet_tensorflow(ctx)
     from toonvision import train as stage
@@ -444,6 +450,7 @@ def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, see
         image_size=image_size, batch_size=batch_size, group=not no_group, min_per_class=min_per_class,
         weights=None if weights.lower() == "none" else weights, task_config=find_config(config),
         resume=resume, overwrite=overwrite, verbose=ctx.verbose, mixed_precision=mixed_precision,
+        fine_tune=fine_tune, fine_tune_epochs=fine_tune_epochs,
     )
     result = stage.train(ctx.layout, options, progress=ctx.progress)
     if not ctx.quiet:

@@ -58,7 +58,7 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_EPOCHS = 25
 DEFAULT_RUNS = 1
 DEFAULT_MODEL = "baseline"
-DEFAULT_WEIGHTS = "imagenet"  # mobilenetv2's base: Keras' cached ImageNet weights
+DEFAULT_WEIGHTS = "imagenet"  # mobilenetv2's base: ImageNet weights from Keras' cache (downloaded when missing)
 
 # Comparing models (toonvision.compare)
 DEFAULT_COMPARE_MODELS = ("baseline", "optimized")

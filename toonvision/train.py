@@ -68,10 +68,15 @@ from toonvision.ledger import (
 from toonvision.locks import locked
 from toonvision.manifest import CropRecord, load_pool
 from toonvision.models import (
+    DEFAULT_FINE_TUNE_EPOCHS,
+    FINE_TUNE_RATE_FACTOR,
+    LEARNING_RATE,
+    MODELS,
     build_model,
     default_dropout,
     get_model_spec,
     resolve_mobilenet_weights,
+    unfreeze_top,
 )
 from toonvision.progress import Bar, progress_bar
 from toonvision.split import (
@@ -85,6 +90,9 @@ from toonvision.split import (
 from toonvision.tasks import Task, get_task
 
 if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
     from toonvision.cache import CropCache
 
 logger = logging.getLogger(__name__)
@@ -95,7 +103,7 @@ ARCHITECTURE_PLOT = "architecture.png"
 PLOTS = (CURVES_PLOT, BOXPLOT, ARCHITECTURE_PLOT)
 # The options a --resume must share with the training it continues (runs may grow).
 _IDENTITY = ("task", "model", "epochs", "seed", "ratios", "image_size", "batch_size", "group",
-             "min_per_class", "weights", "dropout", "augment", "mixed_precision")
+             "min_per_class", "weights", "dropout", "augment", "mixed_precision", "fine_tune")
 
 
 @dataclass(frozen=True)
@@ -122,10 +130,12 @@ class TrainConfig:
     # RAM for decoded crops (toonvision.cache); None: $TOONVISION_CACHE_BUDGET or 2 GiB
     cache_budget: int | str | None = None
     mixed_precision: bool = False  # float16 compute (GPUs); float32 weights and head
+    fine_tune: bool = False  # a second phase with the top of the pretrained base unfrozen (models.unfreeze_top)
+    fine_tune_epochs: int = DEFAULT_FINE_TUNE_EPOCHS  # epochs of that second phase
 
     def __post_init__(self) -> None:
         get_model_spec(self.model)
-        for name, minimum in (("runs", 1), ("epochs", 1), ("batch_size", 1)):
+        for name, minimum in (("runs", 1), ("epochs", 1), ("batch_size", 1), ("fine_tune_epochs", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < minimum:
                 raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
@@ -144,6 +154,9 @@ class TrainConfig:
             raise UsageError(f"--min-per-class must be >= 1, got {self.min_per_class}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.fine_tune and get_model_spec(self.model).fine_tune_from is None:
+            fine_tunable = ", ".join(name for name, spec in MODELS.items() if spec.fine_tune_from)
+            raise UsageError(f"--fine-tune needs a model with a pretrained base ({fine_tunable}), not {self.model}")
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other; pass one of them")
         cache.cache_budget(self.cache_budget)  # a bad size fails here, before any work
@@ -158,6 +171,11 @@ class TrainConfig:
         """The --weights that apply to this model (None for models without a pretrained base)."""
         return self.weights if get_model_spec(self.model).uses_weights else None
 
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of a run: the configured ones plus the fine-tuning phase's."""
+        return self.epochs + (self.fine_tune_epochs if self.fine_tune else 0)
+
     def identity(self) -> dict[str, Any]:
         """The options a resumed training must share with the original, JSON-ready."""
         values = {
@@ -166,6 +184,7 @@ class TrainConfig:
             "batch_size": self.batch_size, "group": self.group, "min_per_class": self.min_per_class,
             "weights": self.model_weights, "dropout": self.dropout, "augment": self.augmented,
             "mixed_precision": self.mixed_precision,
+            "fine_tune": self.fine_tune_epochs if self.fine_tune else 0,  # epochs of the second phase
         }
         return {key: values[key] for key in _IDENTITY}
 
@@ -285,6 +304,8 @@ def train_run(layout: Layout, config: TrainConfig, plan: SplitPlan, k: int, weig
             train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False,  # the pipeline shuffles
             verbose=2 if config.verbose else 0,
         )
+        if config.fine_tune:
+            fine_tune(model, fit, train_ds, val_ds, config)
         test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
     except tf.errors.OpError as exc:
         paths = train_ds.file_paths + val_ds.file_paths + test_ds.file_paths
@@ -295,7 +316,7 @@ def train_run(layout: Layout, config: TrainConfig, plan: SplitPlan, k: int, weig
     history = {name: [_finite_or_none(v) for v in values] for name, values in fit.history.items()}
     last = {name: float(values[-1]) for name, values in fit.history.items()}
     record = RunRecord(
-        run=k, seed=seed, epochs=config.epochs,
+        run=k, seed=seed, epochs=config.total_epochs,
         train_loss=last["loss"], train_accuracy=last["accuracy"],
         val_loss=last["val_loss"], val_accuracy=last["val_accuracy"],
         test_loss=float(test_loss), test_accuracy=float(test_accuracy),
@@ -303,6 +324,22 @@ def train_run(layout: Layout, config: TrainConfig, plan: SplitPlan, k: int, weig
     )
     logger.info("run %d (seed %d): val loss %.4f, test accuracy %.4f", k, seed, record.val_loss, record.test_accuracy)
     return FinishedRun(record, history, model, plan)
+
+
+def fine_tune(model: keras.Model, fit: keras.callbacks.History, train_ds: tf.data.Dataset,
+              val_ds: tf.data.Dataset, config: TrainConfig) -> None:
+    """--fine-tune's second phase, once the head has converged on the frozen base.
+
+    Unfreezes the top of the base at a tenth of the learning rate (``models.unfreeze_top``) and
+    trains ``config.fine_tune_epochs`` more epochs; their history extends ``fit``'s.
+    """
+    unfreeze_top(model)
+    second = model.fit(
+        train_ds, validation_data=val_ds, initial_epoch=config.epochs, epochs=config.total_epochs,
+        shuffle=False, verbose=2 if config.verbose else 0,
+    )
+    for name, values in second.history.items():
+        fit.history.setdefault(name, []).extend(values)
 
 
 def _crops(layout: Layout, config: TrainConfig, plan: SplitPlan) -> CropCache:
@@ -338,10 +375,23 @@ def _best_info(task: Task, config: TrainConfig, plan: SplitPlan, record: RunReco
         "mixed_precision": config.mixed_precision,
         "dropout": config.dropout if config.dropout is not None else default_dropout(config.model, len(classes)),
         "weights": config.model_weights,
+        "fine_tune": _fine_tune_info(config),
         "input": {"color": "rgb", "resize": "bilinear", "range": "0-255 float; the model rescales itself"},
         "selection": "lowest validation loss, ties by higher validation accuracy",
         "versions": {"toonvision": __version__, "tensorflow": tf.__version__, "keras": keras.__version__},
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _fine_tune_info(config: TrainConfig) -> dict[str, Any] | None:
+    """What --fine-tune did, for best.json (None without it)."""
+    if not config.fine_tune:
+        return None
+    return {
+        "epochs": config.fine_tune_epochs,
+        "unfrozen_from": get_model_spec(config.model).fine_tune_from,
+        "learning_rate": LEARNING_RATE * FINE_TUNE_RATE_FACTOR,
+        "batch_norm": "frozen",
     }
 
 
@@ -452,5 +502,5 @@ def _show_best(bar: Bar, best: RunRecord | None) -> None:
 
 __all__ = [
     "ARCHITECTURE_PLOT", "BOXPLOT", "CURVES_PLOT", "PLOTS", "TrainConfig", "TrainResult",
-    "free_large_buffers_eagerly", "resolve_weights", "train", "train_run",
+    "fine_tune", "free_large_buffers_eagerly", "resolve_weights", "train", "train_run",
 ]
