@@ -1,4 +1,4 @@
-"""export and runtimes: every format round-trips within 1e-4, predict on an export matches Keras, failures leave nothing."""
+"""export and runtimes: each format round-trips within 1e-4, predict on exports matches Keras, failures leave nothing."""
 
 from __future__ import annotations
 
@@ -286,3 +286,27 @@ def test_a_killed_exports_build_folder_is_removed_by_the_next(tmp_path):
     (stale / "best.tflite").mkdir(parents=True)
     export_model(None, source, "litert")
     assert leftovers(source.parent) == []
+
+
+def test_a_mixed_precision_model_is_exported_as_its_float32_twin(tmp_path):
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = tiny_model(3)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    source = save_model(tmp_path / "models", model, CLASSES)
+    result = export_model(None, source, "litert")  # LiteRT's interpreter lacks float16 ops: it would not run
+    check = json.loads(result.info_path.read_text())["check"]
+    assert result.max_difference <= 1e-4 and 0 < check["float32_difference"] < 1e-2
+
+
+def test_an_export_that_does_not_run_is_an_export_error_and_leaves_nothing(tmp_path, monkeypatch):
+    source = save_model(tmp_path / "models", tiny_model(3), CLASSES)
+
+    def broken(self, images):
+        raise RuntimeError("Select TensorFlow op(s) are not supported by this interpreter")
+
+    monkeypatch.setattr(runtimes.LiteRTRuntime, "_raw", broken)
+    with pytest.raises(ExportError, match="does not run .Select TensorFlow op"):
+        export_model(None, source, "litert")
+    assert not source.with_suffix(".tflite").exists() and leftovers(source.parent) == []

@@ -37,14 +37,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from toonvision import __version__
 from toonvision.constants import EXPORT_FORMATS, EXPORT_TOLERANCE
 from toonvision.decode import decode_files
-from toonvision.errors import ExportError, ImageError, SplitError, UsageError, write_error
+from toonvision.errors import ExportError, ImageError, ModelFileError, SplitError, UsageError, write_error
 from toonvision.fsutil import atomic_write_text, build_folder, file_sha256, remove_stale_temp_files, swap_directory
 from toonvision.layout import Layout
 from toonvision.modelfile import LoadedModel, ModelInfo, exported_format, model_format, open_model
@@ -57,6 +57,9 @@ from toonvision.runtimes import (
     require,
 )
 from toonvision.split import plan_from_dict
+
+if TYPE_CHECKING:
+    import keras
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +124,8 @@ def export_model(
     info = loaded.info
     target = check_target(Path(out) if out is not None else default_export_path(info.path, fmt), fmt, info.path)
     batch, images_from = check_batch(layout, info, check_images)
+    mixed = loaded.probabilities(batch)
+    loaded = LoadedModel(float32_model(loaded.model), info)
     expected = loaded.probabilities(batch)
     remove_stale_temp_files(target)
     build = build_folder(target)
@@ -133,6 +138,7 @@ def export_model(
         _keras_export(loaded, artifact, fmt)
         difference, runtime = _check(artifact, fmt, info, batch, expected)
         record = export_record(loaded, fmt, artifact, runtime, len(batch), images_from, difference)
+        record["check"]["float32_difference"] = float(np.max(np.abs(expected - mixed))) if len(batch) else 0.0
         del runtime  # let go of the files before they move
         _place(artifact, target)
         atomic_write_text(export_info_path(target), _json(record))
@@ -220,6 +226,35 @@ def _interleave(groups: list[list[Path]]) -> list[list[Path]]:
     return [[g[i] for g in groups if i < len(g)] for i in range(max(map(len, groups), default=0))]
 
 
+def float32_model(model: keras.Model) -> keras.Model:
+    """``model`` itself, or for a mixed-precision one the same network and weights computing in float32.
+
+    Keras' ONNX export needs float32 layers, and LiteRT's interpreter lacks some float16 ops;
+    the weights of a mixed-precision model are float32 already, so nothing is lost.
+    """
+    config = model.get_config()
+    if "mixed_" not in json.dumps(config, default=str):
+        return model
+    copy = type(model).from_config(_float32_config(config))
+    copy.set_weights(model.get_weights())
+    logger.info("%s: mixed precision; exporting its float32 twin", model.name)
+    return copy
+
+
+def _float32_config(value: Any) -> Any:
+    """A model config with every mixed-precision dtype policy made float32."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "DTypePolicy" and str(value.get("config", {}).get("name", "")).startswith(
+                "mixed_"):
+            return {**value, "config": {**value["config"], "name": "float32"}}
+        return {k: _float32_config(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_float32_config(v) for v in value]
+    if isinstance(value, str) and value.startswith("mixed_"):
+        return "float32"
+    return value
+
+
 def _keras_export(loaded: LoadedModel, artifact: Path, fmt: str) -> None:
     """Keras' own export of the loaded model; its errors become an ExportError naming the model."""
     try:
@@ -238,8 +273,18 @@ def _keras_export(loaded: LoadedModel, artifact: Path, fmt: str) -> None:
 
 def _check(artifact: Path, fmt: str, info: ModelInfo, batch: np.ndarray, expected: np.ndarray) -> tuple[float, Any]:
     """The export's largest difference from Keras on ``batch``; an ExportError past the tolerance."""
-    runtime = open_exported(artifact, fmt).bind(ModelInfo(artifact, info.classes, info.image_size))
-    got = runtime.probabilities(batch)
+    try:
+        runtime = open_exported(artifact, fmt).bind(ModelInfo(artifact, info.classes, info.image_size))
+        got = runtime.probabilities(batch)
+    except ModelFileError:
+        raise
+    except Exception as exc:  # the runtimes raise RuntimeError, their own Fail errors... for ops they lack
+        text = str(exc).strip()
+        first = text.splitlines()[0][:300] if text else type(exc).__name__
+        raise ExportError(
+            f"{info.path}: the {FORMAT_NAMES[fmt]} export does not run ({first}); the export was deleted and "
+            "nothing was written"
+        ) from None
     if got.shape != expected.shape:
         raise ExportError(f"{info.path}: the {FORMAT_NAMES[fmt]} export gives {got.shape} outputs, Keras "
                           f"{expected.shape}; nothing was written")
