@@ -1,4 +1,4 @@
-"""export and runtimes: each format round-trips within 1e-4, predict on exports matches Keras, failures leave nothing."""
+"""export and runtimes: formats round-trip within 1e-4, predict on exports matches Keras, failures leave nothing."""
 
 from __future__ import annotations
 
