@@ -124,7 +124,7 @@ def export_model(
     info = loaded.info
     target = check_target(Path(out) if out is not None else default_export_path(info.path, fmt), fmt, info.path)
     batch, images_from = check_batch(layout, info, check_images)
-    mixed = loaded.probabilities(batch)
+    original = loaded.probabilities(batch)  # as Keras runs it: in float16 for a mixed-precision model
     loaded = LoadedModel(float32_model(loaded.model), info)
     expected = loaded.probabilities(batch)
     remove_stale_temp_files(target)
@@ -138,7 +138,7 @@ def export_model(
         _keras_export(loaded, artifact, fmt)
         difference, runtime = _check(artifact, fmt, info, batch, expected)
         record = export_record(loaded, fmt, artifact, runtime, len(batch), images_from, difference)
-        record["check"]["float32_difference"] = float(np.max(np.abs(expected - mixed))) if len(batch) else 0.0
+        record["check"]["float32_difference"] = float(np.max(np.abs(expected - original))) if len(batch) else 0.0
         del runtime  # let go of the files before they move
         _place(artifact, target)
         atomic_write_text(export_info_path(target), _json(record))
