@@ -11,6 +11,8 @@ Stages, one module each, data flowing one way::
     models   a name                -> a compiled Keras model
     train    repeated runs         -> models/<task>/best.keras + best.json
     evaluate a model + its split   -> metrics, predictions, plots
+    export   a model               -> .onnx / .tflite / SavedModel + JSON, checked against Keras
+    runtimes a model or an export  -> probabilities (Keras, ONNX Runtime, LiteRT, TensorFlow)
     plots    numbers               -> matplotlib figures
     cli      argv                  -> one call into the stages above
 """
