@@ -22,7 +22,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import run_unprivileged, skip_unless_ci, write_colour_pool, write_pool, write_screenshot
+from helpers import (
+    run_unprivileged,
+    skip_unless_ci,
+    write_colour_pool,
+    write_pool,
+    write_screenshot,
+)
 
 from toonvision.errors import ModelFileError, PoolLockedError, ToonVisionError
 from toonvision.extract import ExtractOptions, extract

@@ -13,14 +13,14 @@ PACKAGE = Path(toonvision.__file__).parent
 
 
 def first_party_imports() -> dict[str, set[str]]:
-    """Module name -> the toonvision modules it imports anywhere in its body (top level or inside functions)."""
+    """Module name -> the toonvision modules it imports when run (top level or inside functions)."""
     modules = {}
     for path in PACKAGE.rglob("*.py"):
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
         modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _executed_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -29,6 +29,20 @@ def first_party_imports() -> dict[str, set[str]]:
                 continue
             graph[name] |= {target for target in targets if target in modules and target != name}
     return graph
+
+
+def _executed_nodes(tree: ast.AST):
+    """Every node, leaving out ``if TYPE_CHECKING:`` blocks: those imports never run."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            test = child.test if isinstance(child, ast.If) else None
+            if test is not None and "TYPE_CHECKING" in ast.unparse(test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

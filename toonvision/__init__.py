@@ -6,6 +6,7 @@ Stages, one module each, data flowing one way::
     images     untrusted image bytes  -> 8-bit RGB Pillow images (bomb limit, EXIF, alpha on white)
     extract    screenshots + XML      -> img/unsorted/<group>/<label>_<index>.png
     manifest   the pool's ledger      -> CropRecord rows (manifest.csv), load_pool
+    dedup      the pool's hashes      -> exact and near-duplicate screenshots and crops, leaks
     synth/     a seed                 -> synthetic street screenshots + XML (demo data)
     tasks      pool labels            -> task classes (binary, suit, name, animal, label)
     split      pool + task            -> img/data/<task>/{train,validate,test}/<class>/
@@ -23,6 +24,9 @@ Stages, one module each, data flowing one way::
     predict    images or screenshots  -> one prediction per crop or object
     evaluate   a model + its split    -> evaluation.json, predictions.csv, figures
     explain    a model + images       -> Grad-CAM overlays
+    export     a model                -> .onnx / .tflite / SavedModel + JSON, checked against Keras
+    runtimes   a model or an export   -> probabilities (Keras, ONNX Runtime, LiteRT, TensorFlow)
+    modelreport a trained model folder -> one self-contained report.html
     plots      numbers                -> matplotlib figures
     demo       nothing                -> the whole pipeline on synthetic data
     cli        argv                   -> one call into the stages above

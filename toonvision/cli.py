@@ -32,6 +32,7 @@ from toonvision.constants import (
     DEFAULT_TOON_SHARE,
     DEFAULT_WEIGHTS,
     DEFAULT_WORST,
+    EXPORT_FORMATS,
     HW,
     PREDICTION_FORMATS,
     parse_hw,
@@ -588,7 +589,9 @@ def evaluate(ctx: _Context, model: Path | None, task_name: str | None, split: st
 @_reports_errors
 def predict(ctx: _Context, model: Path, paths: tuple[Path, ...], fmt: str, classes: str | None, batch_size: int,
             unsafe: bool) -> None:
-    """Classify crops, folders of crops, or screenshots with VOC XML beside them (one row per object)."""
+    """Classify crops, folders of crops, or screenshots with VOC XML beside them (one row per object).
+
+    MODEL is a .keras/.h5 model or models/<task>/, or an export (.onnx, .tflite, SavedModel folder)."""
     _quiet_tensorflow(ctx)
     from toonvision import predict as stage
 
@@ -597,6 +600,26 @@ def predict(ctx: _Context, model: Path, paths: tuple[Path, ...], fmt: str, class
     if result.predictions:
         click.echo(result.format(fmt))
     sys.exit(result.exit_code)
+
+
+@main.command()
+@model_argument
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True,
+              help="savedmodel: a TensorFlow SavedModel folder; onnx: for ONNX Runtime; litert: a .tflite file.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Where the export goes. [default: beside the model: best.onnx, best.tflite, best_saved_model/]")
+@classes_option
+@unsafe_option
+@pass_context
+@_reports_errors
+def export(ctx: _Context, model: Path, fmt: str, out: Path | None, classes: str | None, unsafe: bool) -> None:
+    """Export MODEL (preprocessing inside) with a JSON beside it, checked against Keras before it is kept."""
+    _quiet_tensorflow(ctx)
+    from toonvision import export as stage
+
+    result = stage.export_model(ctx.layout, model, fmt, out=out, classes=classes, unsafe=unsafe)
+    if not ctx.quiet:
+        click.echo(result.summary())
 
 
 @main.command()

@@ -70,6 +70,10 @@ DEFAULT_EVALUATION_SPLIT = "test"
 DEFAULT_WORST = 16  # most confident mistakes in worst_predictions.png
 PREDICTION_FORMATS = ("table", "csv", "json")
 
+# Exporting (toonvision.export)
+EXPORT_FORMATS = ("savedmodel", "onnx", "litert")
+EXPORT_TOLERANCE = 1e-4  # largest difference allowed between an export's probabilities and Keras'
+
 # Synthetic screenshots (toonvision.synth)
 DEFAULT_SYNTH_COUNT = 100
 DEFAULT_SYNTH_SEED = 0

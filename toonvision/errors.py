@@ -9,6 +9,7 @@
     ├── SplitError          a split that cannot be made or read
     ├── TrainingError       a training run that cannot start or finish
     └── ModelFileError      a model file that cannot be loaded safely
+        └── ExportError     an export that could not be made, or whose outputs differ from Keras'
 
 ``write_error`` turns a failed write (an OSError) into a ToonVisionError that names the path,
 the fix and what was kept.
@@ -58,6 +59,10 @@ class TrainingError(ToonVisionError):
 
 class ModelFileError(ToonVisionError):
     """Raised when a model file is missing, unsafe or does not fit the task."""
+
+
+class ExportError(ModelFileError):
+    """Raised when an export cannot be made or fails its check against the Keras model."""
 
 
 def write_error(path: Path, exc: OSError, outcome: str = "nothing was changed") -> ToonVisionError:

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
+TFLITE_IDENTIFIER = b"TFL3"  # a LiteRT flatbuffer's file identifier, at bytes 4..8
+ONNX_SUFFIX = ".onnx"
+SAVED_MODEL_FILE = "saved_model.pb"
+DEFAULT_RESIZE = "stretch"  # best.json without "resize": the whole crop resized to the model's size
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,11 @@ class ModelInfo:
 
     def display(self, cls: str) -> str:
         return dict(self.display_names).get(cls, cls)
+
+    @property
+    def resize(self) -> str:
+        """How crops are fitted to ``image_size``: best.json's ``resize``, else "stretch"."""
+        return str((self.record or {}).get("resize") or DEFAULT_RESIZE)
 
     @property
     def names(self) -> dict[str, str]:
@@ -84,10 +93,11 @@ def resolve_model_file(path: Path) -> Path:
     if path.is_dir():
         if (path / BEST_MODEL).is_file():
             return path / BEST_MODEL
-        if (path / "saved_model.pb").is_file():
+        if (path / SAVED_MODEL_FILE).is_file():
             raise ModelFileError(
                 f"{path}: a TensorFlow SavedModel folder, which Keras 3 cannot load as a model; "
-                "re-save it from the Python that made it with model.save('model.keras')"
+                "`toonvision predict` runs it (with the JSON `toonvision export` wrote beside it), the other "
+                "commands need the .keras model it was exported from"
             )
         raise ModelFileError(f"{path}: no {BEST_MODEL} in this folder; train a model with `toonvision train` first")
     if not path.is_file():
@@ -106,10 +116,37 @@ def model_format(path: Path) -> str:
         return "hdf5"
     if head.startswith(ZIP_SIGNATURE):
         return "keras"
+    exported = exported_format(path)
+    if exported is not None:
+        raise ModelFileError(
+            f"{path}: an exported {exported} model, which only `toonvision predict` runs; the other commands "
+            "need the .keras model it was exported from"
+        )
     raise ModelFileError(
         f"{path}: not a Keras model (neither a .keras zip nor an HDF5 file); "
         "pass the best.keras that `toonvision train` wrote"
     )
+
+
+def exported_format(path: Path) -> str | None:
+    """``"savedmodel"``, ``"onnx"`` or ``"litert"`` for a model as `toonvision export` writes it; None otherwise.
+
+    A SavedModel is a folder with saved_model.pb, a LiteRT file has its flatbuffer identifier, an
+    ONNX file (a bare protobuf, with no signature) is told by its ``.onnx`` name.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "savedmodel" if (path / SAVED_MODEL_FILE).is_file() else None
+    if not path.is_file():
+        return None
+    if path.suffix.lower() == ONNX_SUFFIX:
+        return "onnx"
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return None
+    return "litert" if head[4:8] == TFLITE_IDENTIFIER else None
 
 
 def load_model(path: Path, unsafe: bool = False) -> keras.Model:
@@ -271,6 +308,6 @@ def _check_outputs(model: keras.Model, file: Path, classes: Sequence[str]) -> No
 
 
 __all__ = [
-    "LoadedModel", "ModelInfo", "load_model", "model_format", "open_model", "parse_classes", "read_model_info",
-    "resolve_model_file",
+    "LoadedModel", "ModelInfo", "exported_format", "load_model", "model_format", "open_model", "parse_classes",
+    "read_model_info", "resolve_model_file",
 ]

@@ -1,5 +1,7 @@
 """``toonvision predict``: classify new images with a trained model, one row per image or object.
 
+    best.keras, ensemble.keras, a 2022 .h5   or an export: best.onnx, best.tflite,
+    (toonvision.runtimes)                    best_saved_model/ (with the JSON beside it)
     crop.png                                 a crop: one row
     folder/ (any depth, hidden folders       every image file in it, in sorted order
              skipped)
@@ -11,7 +13,8 @@
 Images are preprocessed as in training: decoded to 8-bit RGB, resized bilinearly (no
 aspect-ratio padding) to the model's (height, width), fed as float 0..255 (the models rescale
 inside). Inputs are classified in the order given; an unreadable one becomes a Problem (exit 1)
-and the others are still classified. Nothing is written.
+and the others are still classified. An exported model runs in its own runtime (ONNX Runtime,
+LiteRT, TensorFlow) on the same preprocessed batches. Nothing is written.
 """
 
 from __future__ import annotations
@@ -33,13 +36,12 @@ from toonvision.constants import (
     PREDICTION_FORMATS,
     XML_SUFFIX,
 )
-from toonvision.decode import model_input
 from toonvision.errors import ImageError, UsageError
 from toonvision.extract import Screenshot, read_screenshot
 from toonvision.images import decode_image, load_image
 from toonvision.metrics import decide
-from toonvision.modelfile import LoadedModel, open_model
 from toonvision.problems import Problem, Severity, has_errors, without_source
+from toonvision.runtimes import Runtime, model_batch, open_runtime
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -154,7 +156,7 @@ def _add_file(file: Path, inputs: list[InputImage], problems: list[Problem]) -> 
 
 
 def predict_inputs(
-    loaded: LoadedModel, inputs: Sequence[InputImage], batch_size: int = DEFAULT_BATCH_SIZE
+    loaded: Runtime, inputs: Sequence[InputImage], batch_size: int = DEFAULT_BATCH_SIZE
 ) -> tuple[list[Prediction], list[Problem]]:
     """Classify ``inputs`` in order, ``batch_size`` at a time; unreadable images become problems."""
     predictions: list[Prediction] = []
@@ -170,7 +172,7 @@ def predict_inputs(
                 problems.append(Problem(item.file, without_source(exc, item.file), item.obj))
         if not kept:
             continue
-        probabilities = loaded.probabilities(model_input(images, loaded.info.image_size))
+        probabilities = loaded.probabilities(model_batch(images, loaded.info))
         predictions.extend(_predictions(kept, probabilities, loaded.info.classes))
     return predictions, problems
 
@@ -179,13 +181,14 @@ def predict(
     model: Path, paths: Sequence[Path], *, classes: Sequence[str] | str | None = None, unsafe: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> PredictResult:
-    """``toonvision predict``: classify crops, folders of crops, and screenshots with XML beside them."""
+    """``toonvision predict``: classify crops, folders of crops, and screenshots with XML beside them,
+    with a Keras model or an export of one."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     if not paths:
         raise UsageError("nothing to classify: pass image files, folders, or screenshots with their XML beside them")
     inputs, problems = collect_inputs(paths)
-    loaded = open_model(model, classes, unsafe)
+    loaded = open_runtime(model, classes, unsafe)
     predictions, more = predict_inputs(loaded, inputs, batch_size)
     return PredictResult(loaded.info.path, loaded.info.classes, tuple(predictions), tuple(problems + more))
 
