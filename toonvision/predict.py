@@ -8,9 +8,9 @@
                  ▼
     file, object, box, label, predicted, confidence, p_<class>...    (table, csv or json)
 
-Images are preprocessed as in training: decoded to 8-bit RGB, resized bilinearly (no
-aspect-ratio padding) to the model's (height, width), fed as float 0..255 (the models rescale
-inside). Inputs are classified in the order given; an unreadable one becomes a Problem (exit 1)
+Images are preprocessed as in training: decoded to 8-bit RGB, resized bilinearly to the model's
+(height, width), stretched or aspect-padded as best.json's ``resize`` says
+(``toonvision.decode.model_input``), fed as float 0..255 (the models rescale inside). Inputs are classified in the order given; an unreadable one becomes a Problem (exit 1)
 and the others are still classified. Nothing is written.
 """
 
@@ -170,7 +170,7 @@ def predict_inputs(
                 problems.append(Problem(item.file, without_source(exc, item.file), item.obj))
         if not kept:
             continue
-        probabilities = loaded.probabilities(model_input(images, loaded.info.image_size))
+        probabilities = loaded.probabilities(model_input(images, loaded.info.image_size, loaded.info.resize))
         predictions.extend(_predictions(kept, probabilities, loaded.info.classes))
     return predictions, problems
 
