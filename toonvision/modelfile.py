@@ -241,7 +241,8 @@ def _resize_mode(file: Path, record: Mapping[str, Any] | None) -> str:
     mode = DEFAULT_RESIZE if record is None else record.get("resize", DEFAULT_RESIZE)
     if mode not in RESIZE_MODES:
         raise ModelFileError(
-            f"{file.with_suffix('.json')}: resize {mode!r} is not one of {', '.join(RESIZE_MODES)}; train the model again"
+            f"{file.with_suffix('.json')}: resize {mode!r} is not one of {', '.join(RESIZE_MODES)}; "
+            "train the model again"
         )
     return str(mode)
 

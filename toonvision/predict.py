@@ -10,8 +10,9 @@
 
 Images are preprocessed as in training: decoded to 8-bit RGB, resized bilinearly to the model's
 (height, width), stretched or aspect-padded as best.json's ``resize`` says
-(``toonvision.decode.model_input``), fed as float 0..255 (the models rescale inside). Inputs are classified in the order given; an unreadable one becomes a Problem (exit 1)
-and the others are still classified. Nothing is written.
+(``toonvision.decode.model_input``), fed as float 0..255 (the models rescale inside). Inputs
+are classified in the order given; an unreadable one becomes a Problem (exit 1) and the others
+are still classified. Nothing is written.
 """
 
 from __future__ import annotations
