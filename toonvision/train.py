@@ -7,7 +7,7 @@ test metrics never take part in the choice, they are only reported. Outputs::
 
     models/<task>/
     ├── best.keras        the chosen run's model (replaced atomically, only by a better run)
-    ├── best.json         task, classes in output order, image size, seed, the run's split, metrics
+    ├── best.json         task, classes in output order, image size and resize mode, seed, the run's split, metrics
     ├── runs.csv          one row per finished run: the ledger that --resume continues from
     ├── histories.jsonl   per-epoch history of each run
     ├── train.json        the options and pool fingerprint a --resume must match
