@@ -50,6 +50,17 @@ def test_image_size_option_gives_an_hw(command: str) -> None:
     assert isinstance(size, HW) and size == HW(height=64, width=48)
 
 
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_image_size_auto_and_resize_modes(command: str) -> None:
+    assert parsed(command, "--task", "label")["image_size"] == "auto"  # the generic task's default
+    assert parsed(command, "--task", "binary", "--image-size", "AUTO")["image_size"] == "auto"
+    assert parsed(command, "--task", "label", "--image-size", "64x48")["image_size"] == HW(64, 48)
+    assert parsed(command, "--task", "label")["resize"] == "stretch"
+    assert parsed(command, "--task", "label", "--resize", "pad")["resize"] == "pad"
+    result = CliRunner().invoke(main, [command, "--task", "label", "--resize", "crop"])
+    assert result.exit_code == 2 and "'crop' is not one of 'stretch', 'pad'" in result.output
+
+
 def test_synth_size_is_height_by_width_too() -> None:
     assert parsed("synth")["size"] == DEFAULT_SYNTH_SIZE == HW(height=600, width=800)
     assert parsed("synth", "--size", "240x320")["size"] == HW(240, 320)

@@ -120,3 +120,66 @@ def test_cli_reads_a_list_of_models(tmp_path, monkeypatch, argv, models):
 def test_cli_refuses_an_unknown_model():
     result = CliRunner().invoke(main, ["compare", "--task", "binary", "--models", "baseline", "vgg"])
     assert result.exit_code == 2 and "vgg" in result.output
+
+
+# -- the reference model -----------------------------------------------------------------------------
+
+
+def test_compare_with_the_reference_writes_its_rows_beside_the_networks(tmp_path, monkeypatch):
+    import csv
+
+    layout, _ = write_colour_pool(tmp_path / "img", {"cog_bb_a": 8, "cog_lb_b": 8, "toon_cat": 8})
+    seen = []
+    monkeypatch.setattr(compare_module, "train_run", fake_run(seen))
+    config = CompareConfig(task="label", models=("reference", "baseline"), runs=2, epochs=2, seed=4, batch_size=4)
+    assert config.image_size == "auto"  # the generic task's default
+
+    result = compare(layout, config, out=tmp_path / "cmp")
+
+    assert [m for m, _, _ in seen] == ["baseline", "baseline"]  # the reference never goes through train_run
+    assert result.config.image_size == (48, 48) and seen[0][2].seed == 4  # auto: 48x40 crops, baseline's floor
+    assert [(r.model, r.record.run) for r in result.runs] == [("reference", 0), ("baseline", 0),
+                                                               ("reference", 1), ("baseline", 1)]
+    reference = [r for r in result.runs if r.model == "reference"]
+    assert [r.split for r in reference] == [r.split for r in result.runs if r.model == "baseline"]
+    assert all(r.history == {} and r.record.test_accuracy == 1.0 for r in reference)
+    rows = list(csv.DictReader((tmp_path / "cmp" / "compare_runs.csv").open()))
+    assert [row["model"] for row in rows] == ["reference", "baseline", "reference", "baseline"]
+    assert [row["epochs"] for row in rows] == ["n/a", "2", "n/a", "2"]
+    assert float(rows[0]["test_macro_f1"]) == 1.0 and float(rows[2]["val_macro_f1"]) == 1.0
+    assert rows[1]["test_macro_f1"] == ""  # a stand-in run without a model has none
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["config"]["models"] == ["reference", "baseline"] and saved["config"]["image_size"] == [48, 48]
+    assert saved["runs"][0]["epochs"] is None and saved["runs"][0]["test_macro_f1"] == 1.0
+    assert saved["statistics"]["reference"]["test_macro_f1"]["median"] == 1.0
+    assert saved["statistics"]["reference"]["test_accuracy"]["mean"] == 1.0
+    histories = [json.loads(line) for line in (tmp_path / "cmp" / "compare_histories.jsonl").read_text().splitlines()]
+    assert histories[0] == {"model": "reference", "run": 0, "seed": 4, "history": {}}
+    assert "reference" in result.table() and "test macro-F1" in result.table()
+
+
+def test_compare_scores_a_real_network_with_macro_f1_too(tmp_path):
+    layout, _ = write_colour_pool(tmp_path / "img", {"cog_bb_a": 6, "toon_cat": 6})
+    config = CompareConfig(task="binary", models=("reference", "baseline"), runs=1, epochs=1, seed=2,
+                           image_size=(48, 44), resize="pad", batch_size=4)
+    result = compare(layout, config, out=tmp_path / "cmp")
+    reference, baseline = result.runs
+    assert reference.metric("test_macro_f1") == 1.0
+    assert 0.0 <= baseline.metric("test_macro_f1") <= 1.0 and 0.0 <= baseline.metric("val_macro_f1") <= 1.0
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["config"]["resize"] == "pad"
+
+
+def test_the_cli_takes_the_reference_as_a_model(tmp_path, monkeypatch):
+    captured = {}
+
+    def fake_compare(layout, config, out=None, progress=False):
+        captured["config"] = config
+        return compare_module.CompareResult(config, ("a", "b"), (), tmp_path)
+
+    monkeypatch.setattr(compare_module, "compare", fake_compare)
+    result = CliRunner().invoke(main, ["compare", "--task", "label", "--models", "reference", "baseline",
+                                       "--resize", "pad"])
+    assert result.exit_code == 0, result.output
+    config = captured["config"]
+    assert (config.models, config.image_size, config.resize) == (("reference", "baseline"), "auto", "pad")
+    assert CompareConfig(task="binary", models=("reference",)).networks == ()

@@ -192,3 +192,55 @@ def test_bad_dataset_arguments_are_usage_errors(pool, kwargs, message):
     layout, plan = pool
     with pytest.raises(UsageError, match=message):
         from_plan(plan, layout.pool, "train", **{"image_size": SIZE, **kwargs})
+
+
+# -- --resize pad ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tall_pool(tmp_path):
+    """Crops 48 high and 12 wide: 4:1, far from the 48x44 input."""
+    layout, records = write_colour_pool(tmp_path / "img", {"cog_bb_a": 5, "toon_cat": 5}, size=(12, 48))
+    return layout, plan_split(records, get_task("binary"), (0.6, 0.2, 0.2), seed=1)
+
+
+def test_pad_keeps_the_aspect_ratio_in_training_as_in_prediction(tall_pool):
+    from PIL import Image
+
+    from toonvision.decode import content_box, model_input
+
+    layout, plan = tall_pool
+    cache = CropCache()
+    dataset = from_plan(plan, layout.pool, "train", SIZE, cache=cache, resize="pad")
+    padded, _ = batches(dataset)
+    top, left, height, width = content_box((48, 12), SIZE, "pad")
+    assert (top, left, height, width) == (0, 16, 48, 12)  # the crop at its own 4:1, not stretched to 48:44
+    assert (padded[:, :, :left] == 0).all() and (padded[:, :, left + width:] == 0).all()
+    assert (padded[:, :, left:left + width].max(axis=-1) > 0).all()
+    # prediction (decode.model_input of the PNG files) feeds the very same pixels
+    predicted = model_input([Image.open(path) for path in dataset.file_paths], SIZE, "pad")
+    np.testing.assert_array_equal(padded, predicted)
+    # the same cache serves a stretched dataset: it holds crops before any resize, whatever the mode
+    stretched, _ = batches(from_plan(plan, layout.pool, "train", SIZE, cache=cache))
+    assert (stretched[:, :, :left].max(axis=-1) > 0).all()
+    np.testing.assert_array_equal(stretched, model_input([Image.open(p) for p in dataset.file_paths], SIZE))
+
+
+def test_pad_reads_the_same_from_the_plan_and_the_split_folders(tall_pool):
+    layout, plan = tall_pool
+    task_dir = write_split(plan, layout)
+    for split in ("train", "test"):
+        from_dir, _ = batches(from_directory(task_dir / split, plan.classes, SIZE, resize="pad"))
+        np.testing.assert_array_equal(batches(from_plan(plan, layout.pool, split, SIZE, resize="pad"))[0], from_dir)
+
+
+def test_padded_augmentation_transforms_the_padded_image(tall_pool):
+    from toonvision.augment import AugmentSpec
+
+    layout, plan = tall_pool
+    padded, _ = batches(from_plan(plan, layout.pool, "train", SIZE, resize="pad"))
+    still = AugmentSpec(flip=0.0, rotation=0.0, zoom=0.0)
+    same = from_plan(plan, layout.pool, "train", SIZE, seed=2, augment=still, resize="pad")
+    np.testing.assert_allclose(batches(same)[0], padded, atol=1e-3)  # no transform: exactly the padded input
+    flipped = from_plan(plan, layout.pool, "train", SIZE, seed=2, augment=AugmentSpec(1.0, 0.0, 0.0), resize="pad")
+    np.testing.assert_allclose(batches(flipped)[0], padded[:, :, ::-1], atol=1e-3)  # the bands flip with it

@@ -20,6 +20,7 @@ from toonvision.explain import (  # noqa: E402
     find_conv_layer,
     find_layer,
     gradcam,
+    image_heatmap,
     resize_heatmap,
 )
 from toonvision.modelfile import LoadedModel, ModelInfo  # noqa: E402
@@ -87,6 +88,29 @@ def test_resize_heatmap_keeps_values_in_range():
     cam = np.array([[0.0, 1.0], [0.5, 0.25]], dtype=np.float32)
     resized = resize_heatmap(cam, (7, 3))
     assert resized.shape == (7, 3) and resized.min() >= 0 and resized.max() <= 1
+
+
+def test_a_padded_models_heatmap_covers_the_image_not_the_bands():
+    """A model trained with --resize pad sees a tall crop between zero bands: the overlay keeps the part over it."""
+    cam = np.zeros((32, 32), np.float32)
+    cam[:, 10:20] = 1.0  # hot exactly where a 60x20 crop lies in a padded 32x32 input (columns 10..19)
+    over_image = image_heatmap(cam, (60, 20), (32, 32), "pad")
+    assert over_image.shape == (60, 20) and over_image.min() > 0.99  # the whole crop is hot
+    stretched = image_heatmap(cam, (60, 20), (32, 32), "stretch")
+    assert stretched[:, :5].max() < 0.01 and stretched[:, 8:12].min() > 0.99  # stretched: only the middle
+
+
+def test_gradcam_feeds_a_padded_model_padded_input():
+    classes = ("green", "red")
+    model = colour_model(classes)
+    image = colour_image("red", size=(8, 40))  # 5:1 into 24x16: a 24x4 strip between zero bands
+    info = ModelInfo(Path("model.keras"), classes, SIZE, resize="pad")
+    e = gradcam(LoadedModel(model, info), image)
+    expected = LoadedModel(model, info).probabilities(model_input([image], SIZE, "pad"))[0]
+    assert np.allclose(e.probabilities, expected, atol=1e-6)
+    stretched = LoadedModel(model, info).probabilities(model_input([image], SIZE))[0]
+    assert not np.allclose(e.probabilities, stretched, atol=1e-3)
+    assert e.heatmaps[0].shape == (40, 8)
 
 
 def test_explain_writes_one_png_per_image_and_per_screenshot_object(tmp_path):

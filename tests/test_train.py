@@ -352,3 +352,65 @@ def test_offline_imagenet_weights_stop_training_with_the_message_before_anything
     assert mobilenet_weights_file_name((32, 32)) in result.output and "Traceback" not in result.output
     assert str(tmp_path / "keras" / "models") in result.output
     assert not layout.task_models("binary").exists()
+
+
+# -- --image-size auto and --resize pad --------------------------------------------------------------
+
+
+def test_the_image_size_defaults_to_the_task():
+    from toonvision.constants import DEFAULT_IMAGE_SIZE
+
+    assert TrainConfig(task="label").image_size == "auto"  # any labelImg data: from its crops
+    assert TrainConfig(task="suit").image_size == DEFAULT_IMAGE_SIZE == (600, 200)  # ToonVision keeps 600x200
+    assert TrainConfig(task="label", image_size=(64, 48)).image_size == (64, 48)
+    assert TrainConfig(task="binary").resize == "stretch"
+    with pytest.raises(UsageError, match="HEIGHTxWIDTH in pixels or auto"):
+        TrainConfig(task="label", image_size="big")
+    with pytest.raises(UsageError, match="--resize must be one of stretch, pad"):
+        TrainConfig(task="label", resize="crop")
+    with pytest.raises(UsageError, match="resolve_image_size"):
+        TrainConfig(task="label").size  # noqa: B018
+
+
+def test_auto_size_comes_from_the_crops_of_the_task_only(tmp_path):
+    from toonvision.manifest import CropRecord
+    from toonvision.tasks import get_task
+    from toonvision.train import resolve_image_size
+
+    def crop(label: str, height: int, width: int, i: int) -> CropRecord:
+        return CropRecord(f"x/{label}_{i}.png", label, label.split("_")[0], i, f"s{i}.png", 0, 0, width, height,
+                          width, height, f"s{i}", f"c{label}{i}")
+
+    records = [crop("cog_bb_a", 90 + i, 60, i) for i in range(5)] + [crop("toon_cat", 400, 400, i) for i in range(9)]
+    config = resolve_image_size(TrainConfig(task="suit", image_size="auto"), records, get_task("suit"))
+    assert config.image_size == (96, 64)  # the Cogs' median 92 x 60; the (more) Toons are not in the task
+    assert resolve_image_size(TrainConfig(task="suit", image_size="auto"), records[::-1], get_task("suit")) == config
+    everything = resolve_image_size(TrainConfig(task="label"), records, get_task("label"))
+    assert everything.image_size == (128, 128)  # the median 400 x 400 capped at a longer side of 128
+    fixed = TrainConfig(task="suit", image_size=(48, 44))
+    assert resolve_image_size(fixed, records, get_task("suit")) is fixed
+
+
+def test_a_padded_auto_sized_model_is_used_the_same_way_by_evaluate_and_predict(tmp_path):
+    from PIL import Image
+
+    from toonvision.decode import model_input
+    from toonvision.evaluate import evaluate
+    from toonvision.modelfile import open_model
+    from toonvision.predict import predict
+
+    layout, _ = write_colour_pool(tmp_path / "img", {"cog_bb_a": 10, "toon_cat": 10}, size=(20, 70))  # tall
+    result = train(layout, TrainConfig(task="label", resize="pad", batch_size=4, epochs=1, seed=5))
+    info = json.loads((result.output / BEST_INFO).read_text())
+    assert (info["image_size"], info["resize"]) == ([64, 48], "pad")  # auto: 70 x 20 -> 64 x 16, floored at 44
+    assert info["input"]["aspect"] == "kept, centred in zero bands"
+    loaded = open_model(result.output)
+    assert (loaded.info.image_size, loaded.info.resize) == ((64, 48), "pad")
+    crops = sorted((layout.pool / "cog").glob("*.png"))[:3]
+    padded = loaded.probabilities(model_input([Image.open(p) for p in crops], (64, 48), "pad"))
+    stretched = loaded.probabilities(model_input([Image.open(p) for p in crops], (64, 48)))
+    assert not np.allclose(padded, stretched, atol=1e-4)  # the two modes do feed the model different pixels
+    got = predict(result.output, crops).predictions
+    np.testing.assert_allclose([p.probabilities for p in got], padded, atol=1e-5)
+    scored = evaluate(layout, result.output, plots=False)
+    assert scored.loss == pytest.approx(result.best.test_loss, abs=1e-4)  # what training measured, padded

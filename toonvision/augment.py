@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from toonvision.constants import DEFAULT_RESIZE
 from toonvision.decode import resize
 
 if TYPE_CHECKING:
@@ -199,7 +200,8 @@ def augment_batch(images: "tf.Tensor", seed: "tf.Tensor", spec: AugmentSpec = DE
 
 
 def augment_crop(
-    image: "tf.Tensor", seed: "tf.Tensor", image_size: tuple[int, int], spec: AugmentSpec = DEFAULT_AUGMENT
+    image: "tf.Tensor", seed: "tf.Tensor", image_size: tuple[int, int], spec: AugmentSpec = DEFAULT_AUGMENT,
+    mode: str = DEFAULT_RESIZE,
 ) -> "tf.Tensor":
     """One decoded crop (h, w, 3) resized to ``image_size`` and randomly flipped, rotated and
     zoomed; float32, reproducible from ``seed``.
@@ -208,11 +210,20 @@ def augment_crop(
     samples the same point of the crop), but the flip/rotation/zoom is resampled at the
     smaller of the crop's and the output's size, then resized: the transform op costs about
     7x a bilinear resize per pixel, and most crops are far smaller than the model's input.
+    With ``mode="pad"`` the crop is first padded as :func:`toonvision.decode.resize` pads it
+    and the transform runs on that at the output size: the zero bands are part of the image
+    the layers would see, which no fused map of the crop alone can reproduce.
     """
     import tensorflow as tf
 
     height, width = (int(v) for v in image_size)
     flips, angles, zooms = sample_parameters(seed, 1, spec)
+    if mode == "pad":
+        padded = resize(tf.reshape(image, [1, tf.shape(image)[0], tf.shape(image)[1], 3]), (height, width),
+                        mode="pad")
+        matrix = augment_matrices(flips, angles, zooms, height, width)
+        return _resample(padded, tf.reshape(matrix, [1, 9])[:, :8], tf.constant([height, width], tf.int32),
+                         spec.fill_mode, spec.interpolation)[0]
     shape = tf.shape(image)
     mid_height, mid_width = tf.minimum(shape[0], height), tf.minimum(shape[1], width)
     # mid pixel -> output point -> flip/rotate/zoom -> crop point

@@ -6,7 +6,8 @@ uint8), and its pixels are kept **at the crop's own size, as uint8**, keyed by t
 the crop file. The datasets resize them to the model's input every epoch with
 ``toonvision.decode.resize`` (Keras' bilinear ``tf.image.resize``), so a run trains on exactly,
 bit for bit, what ``from_directory`` and ``evaluate`` feed the model, at any ``--image-size``
-(one cache serves every size).
+and ``--resize`` (one cache serves every size and mode: its keys need neither, as nothing it holds
+has been resized).
 
 Why not cache the resized image: as float32 it is 4x the uint8 size (the original's 1.2 GB
 for 862 crops); rounded to uint8 it is no longer what evaluation feeds (up to 0.5 off); as

@@ -25,6 +25,7 @@ from toonvision.constants import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MODEL,
     DEFAULT_RATIOS,
+    DEFAULT_RESIZE,
     DEFAULT_RUNS,
     DEFAULT_SYNTH_COUNT,
     DEFAULT_SYNTH_SEED,
@@ -34,7 +35,10 @@ from toonvision.constants import (
     DEFAULT_WORST,
     EXPORT_FORMATS,
     HW,
+    IMAGE_SIZE_AUTO,
     PREDICTION_FORMATS,
+    RESIZE_MODES,
+    default_image_size,
     parse_hw,
 )
 from toonvision.demo import MIN_SCREENSHOTS, DemoConfig, run_demo
@@ -54,6 +58,7 @@ from toonvision.layout import (
 )
 from toonvision.modelreport import REPORT_HTML
 from toonvision.models import DEFAULT_FINE_TUNE_EPOCHS, MODEL_NAMES
+from toonvision.reference import REFERENCE_MODEL
 from toonvision.tasks import BUILTIN_TASKS, CONFIG_NAME
 
 logger = logging.getLogger("toonvision")
@@ -392,13 +397,22 @@ def _parse_hw(value: str) -> HW:
         raise click.BadParameter(str(exc)) from None
 
 
-def _parse_image_size(ctx: click.Context, param: click.Parameter, value: str | None) -> HW:
-    return DEFAULT_IMAGE_SIZE if value is None else _parse_hw(value)
+def _parse_image_size(ctx: click.Context, param: click.Parameter, value: str | None) -> HW | str:
+    """HEIGHTxWIDTH or auto; not given: the task's default (--task is required, so it is parsed first)."""
+    if value is None:
+        return default_image_size(ctx.params.get("task_name") or "")
+    return IMAGE_SIZE_AUTO if value.strip().lower() == IMAGE_SIZE_AUTO else _parse_hw(value)
 
 
 image_size_option = click.option(
-    "--image-size", callback=_parse_image_size, metavar="HxW",
-    help=f"Input height x width in pixels. [default: {DEFAULT_IMAGE_SIZE.as_text()}]",
+    "--image-size", callback=_parse_image_size, metavar="HxW|auto",
+    help=f"Input height x width in pixels, or {IMAGE_SIZE_AUTO}: the task's median crop size in multiples of 16, "
+         f"the longer side at most 128 (--task label defaults to {IMAGE_SIZE_AUTO}). "
+         f"[default: {DEFAULT_IMAGE_SIZE.as_text()}]",
+)
+resize_option = click.option(
+    "--resize", type=click.Choice(RESIZE_MODES), default=DEFAULT_RESIZE, show_default=True,
+    help="stretch: every crop fills the input; pad: aspect ratio kept, zero bands (Keras' pad_to_aspect_ratio).",
 )
 batch_size_option = click.option(
     "--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
@@ -421,6 +435,7 @@ weights_option = click.option(
               help="Seed of run 0 (run k uses seed + k). [default: chosen and printed; --resume keeps it]")
 @ratio_option
 @image_size_option
+@resize_option
 @batch_size_option
 @weights_option
 @click.option("--fine-tune", is_flag=True,
@@ -438,9 +453,9 @@ weights_option = click.option(
 @pass_context
 @_reports_errors
 def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, seed: int | None,
-          ratio: tuple[float, ...], image_size: HW, batch_size: int, weights: str, fine_tune: bool,
-          fine_tune_epochs: int, resume: bool, overwrite: bool, mixed_precision: bool, no_group: bool,
-          min_per_class: int | None, config: Path | None) -> None:
+          ratio: tuple[float, ...], image_size: HW | str, resize: str, batch_size: int, weights: str,
+          fine_tune: bool, fine_tune_epochs: int, resume: bool, overwrite: bool, mixed_precision: bool,
+          no_group: bool, min_per_class: int | None, config: Path | None) -> None:
     """Train over repeated re-splits of the pool; keep the run best on validation in models/<task>/."""
     _quiet_tensorflow(ctx)
     from toonvision import train as stage
@@ -448,7 +463,7 @@ def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, see
 
     options = stage.TrainConfig(
         task=task_name, model=model, runs=runs, epochs=epochs, seed=seed, ratios=ratio,
-        image_size=image_size, batch_size=batch_size, group=not no_group, min_per_class=min_per_class,
+        image_size=image_size, resize=resize, batch_size=batch_size, group=not no_group, min_per_class=min_per_class,
         weights=None if weights.lower() == "none" else weights, task_config=find_config(config),
         resume=resume, overwrite=overwrite, verbose=ctx.verbose, mixed_precision=mixed_precision,
         fine_tune=fine_tune, fine_tune_epochs=fine_tune_epochs,
@@ -654,16 +669,18 @@ class _CompareCommand(MultiValueCommand):
 
 def _parse_models(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
     names = tuple(n for value in values for n in value.replace(" ", ",").split(",") if n)
-    unknown = [n for n in names if n not in MODEL_NAMES]
+    known = (*MODEL_NAMES, REFERENCE_MODEL)
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise click.BadParameter(f"unknown model {unknown[0]!r}; choose from {', '.join(MODEL_NAMES)}")
+        raise click.BadParameter(f"unknown model {unknown[0]!r}; choose from {', '.join(known)}")
     return names or DEFAULT_COMPARE_MODELS
 
 
 @main.command(cls=_CompareCommand)
 @task_option
 @click.option("--models", multiple=True, callback=_parse_models, metavar="NAME...",
-              help=f"Models to compare, e.g. --models {' '.join(DEFAULT_COMPARE_MODELS)}. "
+              help=f"Models to compare, e.g. --models {REFERENCE_MODEL} {' '.join(DEFAULT_COMPARE_MODELS)} "
+                   f"({REFERENCE_MODEL}: colour histograms + logistic regression, a trivial baseline to beat). "
                    f"[default: {' '.join(DEFAULT_COMPARE_MODELS)}]")
 @click.option("--runs", type=click.IntRange(min=1), default=DEFAULT_COMPARE_RUNS, show_default=True,
               help="Shared re-splits: run k of every model uses split k (seed + k).")
@@ -672,6 +689,7 @@ def _parse_models(ctx: click.Context, param: click.Parameter, values: tuple[str,
               help="Seed of run 0.")
 @ratio_option
 @image_size_option
+@resize_option
 @batch_size_option
 @weights_option
 @no_group_option
@@ -682,7 +700,7 @@ def _parse_models(ctx: click.Context, param: click.Parameter, values: tuple[str,
 @pass_context
 @_reports_errors
 def compare(ctx: _Context, task_name: str, models: tuple[str, ...], runs: int, epochs: int, seed: int,
-            ratio: tuple[float, ...], image_size: HW, batch_size: int, weights: str, no_group: bool,
+            ratio: tuple[float, ...], image_size: HW | str, resize: str, batch_size: int, weights: str, no_group: bool,
             min_per_class: int | None, out: Path | None, config: Path | None) -> None:
     """Train several models on the same re-splits; plot their curves and test metrics side by side."""
     _quiet_tensorflow(ctx)
@@ -691,7 +709,7 @@ def compare(ctx: _Context, task_name: str, models: tuple[str, ...], runs: int, e
 
     options = stage.CompareConfig(
         task=task_name, models=models, runs=runs, epochs=epochs, seed=seed, ratios=ratio,
-        image_size=image_size, batch_size=batch_size, group=not no_group, min_per_class=min_per_class,
+        image_size=image_size, resize=resize, batch_size=batch_size, group=not no_group, min_per_class=min_per_class,
         weights=None if weights.lower() == "none" else weights, task_config=find_config(config),
         verbose=ctx.verbose,
     )

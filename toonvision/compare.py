@@ -2,15 +2,19 @@
 
     pool ──plan_split(seed + k)──▶ split k ──▶ run k of baseline, run k of optimized, ...
                                                   (fresh model, fresh optimizer, seed + k)
+                                              ──▶ run k of reference: colour histograms + logistic
+                                                  regression (toonvision.reference), no epochs
     models/<task>/compare/                         (--out DIR)
     ├── compare.json          options, per-model statistics, every run's metrics and split
-    ├── compare_runs.csv      model, run, seed, split, train/val/test loss and accuracy, seconds
+    ├── compare_runs.csv      model, run, seed, split, train/val/test loss and accuracy, val/test macro-F1,
+    │                         seconds (epochs n/a for the reference)
     ├── compare_histories.jsonl  per-epoch history of every run
     ├── compare_curves.png    training curves averaged over runs, every model on one figure
     └── compare_boxplots.png  test accuracy and test loss per model
 
 Giving every model the same splits makes the comparison paired: a split that happens to be
-easy helps every model equally, so the spread between models is not split luck. Nothing is
+easy helps every model equally, so the spread between models is not split luck; the ``reference``
+model shows on the same splits what a trivial classifier reaches on the data. Nothing is
 written until every run has finished; a killed comparison leaves the previous outputs as they were.
 """
 
@@ -27,34 +31,57 @@ import os
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from toonvision import plots
+from toonvision import cache, datasets, plots
 from toonvision.constants import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_COMPARE_MODELS,
     DEFAULT_COMPARE_RUNS,
     DEFAULT_COMPARE_SEED,
     DEFAULT_EPOCHS,
-    DEFAULT_IMAGE_SIZE,
+    DEFAULT_MODEL,
     DEFAULT_RATIOS,
+    DEFAULT_RESIZE,
     DEFAULT_WEIGHTS,
     FOLDER_LOCK,
+    IMAGE_SIZE_AUTO,
 )
 from toonvision.errors import TrainingError, UsageError, write_error
-from toonvision.fsutil import atomic_write_text, build_folder, recover_swap, remove_stale_temp_files, swap_directory
+from toonvision.fsutil import (
+    atomic_write_text,
+    build_folder,
+    recover_swap,
+    remove_stale_temp_files,
+    swap_directory,
+)
 from toonvision.layout import Layout
-from toonvision.ledger import LEDGER_COLUMNS, RunRecord, describe, make_folder
+from toonvision.ledger import (
+    LEDGER_COLUMNS,
+    FinishedRun,
+    RunRecord,
+    describe,
+    make_folder,
+)
 from toonvision.locks import locked
-from toonvision.manifest import load_pool
+from toonvision.manifest import CropRecord, load_pool
+from toonvision.metrics import classification_metrics, decide
+from toonvision.models import get_model_spec
 from toonvision.progress import progress_bar
+from toonvision.reference import REFERENCE_MODEL, FeatureTable, reference_run
 from toonvision.split import SplitPlan, plan_split
-from toonvision.tasks import get_task
-from toonvision.train import TrainConfig, resolve_weights, train_run
+from toonvision.tasks import Task, get_task
+from toonvision.train import (
+    TrainConfig,
+    checked_image_size,
+    resolve_image_size,
+    resolve_weights,
+    train_run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +91,9 @@ COMPARE_HISTORIES = "compare_histories.jsonl"
 CURVES_PLOT = "compare_curves.png"
 BOXPLOT = "compare_boxplots.png"
 CURVE_KEYS = ("accuracy", "val_accuracy", "loss", "val_loss")
-_METRICS = ("test_accuracy", "test_loss")
+_METRICS = ("test_accuracy", "test_loss", "test_macro_f1")
+MACRO_F1 = ("val_macro_f1", "test_macro_f1")  # compare's columns beyond the ledger's (if it lacks them)
+NOT_APPLICABLE = "n/a"  # the reference's epochs in compare_runs.csv
 RESULT_FILES = (COMPARE_JSON, COMPARE_CSV, COMPARE_HISTORIES, CURVES_PLOT, BOXPLOT)
 
 
@@ -78,7 +107,8 @@ class CompareConfig:
     epochs: int = DEFAULT_EPOCHS
     seed: int = DEFAULT_COMPARE_SEED
     ratios: tuple[float, ...] = DEFAULT_RATIOS
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
+    image_size: tuple[int, int] | str | None = None  # None: the task's default; "auto": from the crop sizes
+    resize: str = DEFAULT_RESIZE
     batch_size: int = DEFAULT_BATCH_SIZE
     group: bool = True
     min_per_class: int | None = None
@@ -93,14 +123,21 @@ class CompareConfig:
         if len(set(models)) != len(models):
             raise UsageError(f"--models names a model twice: {' '.join(models)}")
         object.__setattr__(self, "models", models)
-        for model in models:
-            self.train_config(model)  # validates the model name and every shared option
+        object.__setattr__(self, "image_size", checked_image_size(self.task, self.image_size))
+        self.train_config(DEFAULT_MODEL)  # validates every shared option, also for a reference-only comparison
+        for model in self.networks:
+            self.train_config(model)  # validates the model name
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        """The models that ``train_run`` trains (every one but the reference)."""
+        return tuple(m for m in self.models if m != REFERENCE_MODEL)
 
     def train_config(self, model: str) -> TrainConfig:
         """The training options of one model's runs (shared by every model but the name)."""
         return TrainConfig(
             task=self.task, model=model, runs=self.runs, epochs=self.epochs, seed=self.seed,
-            ratios=tuple(self.ratios), image_size=tuple(self.image_size), batch_size=self.batch_size,
+            ratios=tuple(self.ratios), image_size=self.image_size, resize=self.resize, batch_size=self.batch_size,
             group=self.group, min_per_class=self.min_per_class, weights=self.weights,
             task_config=self.task_config, verbose=self.verbose,
         )
@@ -109,20 +146,30 @@ class CompareConfig:
         return {
             "task": self.task, "models": list(self.models), "runs": self.runs, "epochs": self.epochs,
             "seed": self.seed, "ratios": [float(r) for r in self.ratios],
-            "image_size": [int(v) for v in self.image_size], "batch_size": self.batch_size,
+            "image_size": (self.image_size if isinstance(self.image_size, str)
+                           else [int(v) for v in self.image_size]),
+            "resize": self.resize, "batch_size": self.batch_size,
             "group": self.group, "min_per_class": self.min_per_class, "weights": self.weights,
         }
 
 
 @dataclass(frozen=True)
 class ComparedRun:
-    """Run k of one model: its metrics, its per-epoch history, and a digest of the split it used."""
+    """Run k of one model: its metrics, its per-epoch history, and a digest of the split it used.
+
+    ``scores`` holds the validation and test macro-F1 (``MACRO_F1``) where the record does not.
+    """
 
     model: str
     split: str
     record: RunRecord
     history: Mapping[str, Sequence[float | None]] = field(repr=False, compare=False)
+    scores: Mapping[str, float | None] = field(default_factory=dict, compare=False)
 
+    def metric(self, name: str) -> float | None:
+        """A metric of the run: a field of the record, or one of ``scores``; None if unknown."""
+        value = getattr(self.record, name, None)
+        return self.scores.get(name) if value is None else float(value)
 
 @dataclass(frozen=True)
 class CompareResult:
@@ -135,32 +182,36 @@ class CompareResult:
     files: tuple[Path, ...] = ()
 
     def values(self, model: str, metric: str) -> list[float]:
-        return [float(getattr(r.record, metric)) for r in self.runs if r.model == model]
+        """The metric of every run of ``model`` (NaN where a run lacks it)."""
+        values = (r.metric(metric) for r in self.runs if r.model == model)
+        return [math.nan if v is None else float(v) for v in values]
 
     def statistics(self) -> dict[str, dict[str, dict[str, float]]]:
-        """Per model and metric (test accuracy, test loss): median, mean, std, min, max over runs."""
+        """Per model and metric (test accuracy, loss, macro-F1): median, mean, std, min, max over runs."""
         return {m: {metric: describe(self.values(m, metric)) for metric in _METRICS} for m in self.config.models}
 
     def table(self) -> str:
         stats = self.statistics()
         width = max(len("model"), *(len(m) for m in self.config.models))
         head = (f"{'model':<{width}}  {'runs':>4}  {'test accuracy: median':>21}  {'mean':>6}  {'std':>6}"
-                f"  {'test loss: median':>17}  {'mean':>6}  {'std':>6}")
+                f"  {'test loss: median':>17}  {'mean':>6}  {'std':>6}  {'test macro-F1: median':>21}  {'mean':>6}")
         lines = [head]
         for model in self.config.models:
-            a, e = stats[model]["test_accuracy"], stats[model]["test_loss"]
+            a, e, f = (stats[model][m] for m in _METRICS)
             lines.append(
                 f"{model:<{width}}  {len(self.values(model, 'test_accuracy')):>4}  {a['median']:>21.4f}  "
-                f"{a['mean']:>6.4f}  {a['std']:>6.4f}  {e['median']:>17.4f}  {e['mean']:>6.4f}  {e['std']:>6.4f}"
+                f"{a['mean']:>6.4f}  {a['std']:>6.4f}  {e['median']:>17.4f}  {e['mean']:>6.4f}  {e['std']:>6.4f}  "
+                f"{f['median']:>21.4f}  {f['mean']:>6.4f}"
             )
         return "\n".join(lines)
 
     def summary(self) -> str:
         c = self.config
+        size = c.image_size if isinstance(c.image_size, str) else f"{c.image_size[0]}x{c.image_size[1]}"
         lines = [
             f"task {c.task}: {', '.join(c.models)} over the same {c.runs} split(s) "
             f"(seeds {c.seed}..{c.seed + c.runs - 1}), "
-            f"{c.epochs} epoch(s), classes {', '.join(self.classes)}",
+            f"{c.epochs} epoch(s), {size} ({c.resize}), classes {', '.join(self.classes)}",
             self.table(),
         ]
         if self.files:
@@ -195,14 +246,16 @@ def split_digest(plan: SplitPlan) -> str:
 def compare(layout: Layout, config: CompareConfig, out: Path | None = None, progress: bool = False) -> CompareResult:
     """Train every model of ``config`` on the same ``config.runs`` splits and write the comparison."""
     task = get_task(config.task, config.task_config)
-    configs = {m: config.train_config(m) for m in config.models}
-    weights = {m: resolve_weights(c) for m, c in configs.items()}  # a missing weights file fails before training
     with locked(layout.lock_file, str(layout.img_dir)):
         records, _missing = load_pool(layout)
+    config = resolve_compare_size(config, records, task)
+    configs = {m: config.train_config(m) for m in config.networks}
+    weights = {m: resolve_weights(c) for m, c in configs.items()}  # a missing weights file fails before training
     out = Path(out) if out is not None else layout.compare_dir(task.name)
     make_folder(out, "--out")
     runs: list[ComparedRun] = []
     classes: tuple[str, ...] = ()
+    table = FeatureTable(config.resize)
     with locked(out.with_name(f".{out.name}{FOLDER_LOCK}"), str(out)):  # beside out: out itself is swapped
         bar = progress_bar(progress, config.runs * len(config.models), f"compare {config.task}", "run")
         try:
@@ -215,9 +268,16 @@ def compare(layout: Layout, config: CompareConfig, out: Path | None = None, prog
                         raise TrainingError(f"task {task.name!r} has fewer than 2 classes in {layout.pool}")
                 digest = split_digest(plan)
                 for model in config.models:
-                    finished = train_run(layout, configs[model], plan, k, weights[model])
-                    runs.append(ComparedRun(model, digest, finished.record, finished.history))
-                    del finished  # compare keeps no model
+                    if model == REFERENCE_MODEL:
+                        crops = _crops(layout, plan, tuple(config.image_size))
+                        record, scores = reference_run(plan, layout.pool, k, config.seed + k, crops, table)
+                        runs.append(ComparedRun(model, digest, record, {}, {
+                            "val_macro_f1": scores["validate"].macro_f1, "test_macro_f1": scores["test"].macro_f1}))
+                    else:
+                        finished = train_run(layout, configs[model], plan, k, weights[model])
+                        runs.append(ComparedRun(model, digest, finished.record, finished.history,
+                                                _network_macro_f1(layout, configs[model], finished)))
+                        del finished  # compare keeps no model
                     bar.set_postfix_str(f"run {k} {model}: test accuracy {runs[-1].record.test_accuracy:.3f}")
                     bar.update(1)
         finally:
@@ -225,6 +285,44 @@ def compare(layout: Layout, config: CompareConfig, out: Path | None = None, prog
         result = CompareResult(config, classes, tuple(runs), out)
         files = write_comparison(result, out)
     return CompareResult(config, classes, tuple(runs), out, tuple(files))
+
+
+def resolve_compare_size(config: CompareConfig, records: Sequence[CropRecord], task: Task) -> CompareConfig:
+    """``--image-size auto`` chosen once from the task's crops, no side under any compared network's minimum."""
+    if config.image_size != IMAGE_SIZE_AUTO:
+        return config
+    floor = max((get_model_spec(m).min_size for m in config.networks), default=1)
+    size = resolve_image_size(config.train_config(DEFAULT_MODEL), records, task, min_side=floor).image_size
+    return replace(config, image_size=size)
+
+
+def _crops(layout: Layout, plan: SplitPlan, size: tuple[int, int], budget: int | str | None = None) -> cache.CropCache:
+    """The decoded crops of ``plan``: the same process-wide cache the networks' runs use."""
+    paths = [str(layout.pool / a.crop) for a in plan.assignments]
+    return cache.crop_cache(layout.cache, paths, budget, size)
+
+
+def _network_macro_f1(layout: Layout, config: TrainConfig, finished: FinishedRun) -> dict[str, float | None]:
+    """Validation and test macro-F1 of a trained network, predicted on its run's splits.
+
+    Skipped (the record's own values are used) where the ledger's RunRecord has the columns.
+    """
+    if all(hasattr(finished.record, name) for name in MACRO_F1) or isinstance(finished.model, bytes):
+        return {}
+    plan, classes = finished.plan, list(finished.plan.classes)
+    crops = _crops(layout, plan, config.size, config.cache_budget)
+    scores: dict[str, float | None] = {}
+    for split, name in (("validate", "val_macro_f1"), ("test", "test_macro_f1")):
+        dataset = datasets.from_plan(plan, layout.pool, split, image_size=config.size, batch_size=config.batch_size,
+                                     cache=crops, resize=config.resize)
+        truth, predicted = [], []
+        for images, labels in dataset:
+            raw = np.asarray(finished.model.predict_on_batch(images), np.float32).reshape(len(labels), -1)
+            indices, _ = decide(np.concatenate([1.0 - raw, raw], axis=1) if raw.shape[1] == 1 else raw)
+            predicted.extend(int(i) for i in indices)
+            truth.extend(int(v) for v in np.asarray(labels).reshape(-1))
+        scores[name] = float(classification_metrics(truth, predicted, classes).macro.f1)
+    return scores
 
 
 def write_comparison(result: CompareResult, out: Path) -> list[Path]:
@@ -260,7 +358,7 @@ def _write_results(result: CompareResult, out: Path) -> list[Path]:
         "config": c.to_dict(),
         "classes": list(result.classes),
         "statistics": result.statistics(),
-        "runs": [{"model": r.model, "split": r.split, **_record_dict(r.record)} for r in result.runs],
+        "runs": [{"model": r.model, "split": r.split, **_record_dict(r)} for r in result.runs],
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }), indent=2) + "\n")
     atomic_write_text(out / COMPARE_CSV, _runs_csv(result.runs))
@@ -297,19 +395,28 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _record_dict(record: RunRecord) -> dict[str, Any]:
-    return asdict(record)
+def _record_dict(run: ComparedRun) -> dict[str, Any]:
+    values = {**asdict(run.record), **{name: run.metric(name) for name in MACRO_F1}}
+    if run.model == REFERENCE_MODEL:
+        values["epochs"] = None  # the reference has no epochs
+    return values
 
 
 def _runs_csv(runs: Sequence[ComparedRun]) -> str:
+    extra = [name for name in MACRO_F1 if name not in LEDGER_COLUMNS]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model", "split", *(LEDGER_COLUMNS if runs else ())])
-    writer.writerows([r.model, r.split, *r.record.to_row()] for r in runs)
+    writer.writerow(["model", "split", *((*LEDGER_COLUMNS, *extra) if runs else ())])
+    for r in runs:
+        row = dict(zip(LEDGER_COLUMNS, r.record.to_row(), strict=True))
+        if r.model == REFERENCE_MODEL:
+            row["epochs"] = NOT_APPLICABLE
+        scores = [r.metric(name) for name in extra]
+        writer.writerow([r.model, r.split, *row.values(), *("" if v is None else repr(float(v)) for v in scores)])
     return buffer.getvalue()
 
 
 __all__ = [
-    "CompareConfig", "CompareResult", "ComparedRun", "compare", "describe", "mean_curves", "split_digest",
-    "write_comparison",
+    "CompareConfig", "CompareResult", "ComparedRun", "compare", "describe", "mean_curves", "resolve_compare_size",
+    "split_digest", "write_comparison",
 ]

@@ -1,7 +1,8 @@
 """tf.data pipelines over a split, fed from decoded crops and resized exactly as Keras does.
 
 Two sources, one decoding (Keras' ``image_dataset_from_directory``: read, decode to RGB,
-bilinear resize to (height, width), float32 0..255; ``toonvision.decode`` does the same)::
+bilinear resize to (height, width), stretched or, with ``resize="pad"``, aspect kept in zero
+bands as ``pad_to_aspect_ratio=True`` does; float32 0..255; ``toonvision.decode`` does the same)::
 
     img/data/<task>/<split>/<class>/*.png  --from_directory-->  batches   (evaluate, predict)
     SplitPlan + pool + CropCache            --from_plan------->  batches   (every training run)
@@ -30,9 +31,11 @@ from toonvision.cache import CropCache, Reader, weak_reader
 from toonvision.constants import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_IMAGE_SIZE,
+    DEFAULT_RESIZE,
     KERAS_IMAGE_SUFFIXES,
 )
-from toonvision.decode import resize
+from toonvision.decode import check_resize_mode
+from toonvision.decode import resize as resize_image
 from toonvision.errors import SplitError, UsageError
 
 if TYPE_CHECKING:
@@ -59,8 +62,12 @@ def from_directory(
     shuffle: bool = False,
     seed: int | None = None,
     label_mode: str | None = None,
+    resize: str = DEFAULT_RESIZE,
 ) -> "tf.data.Dataset":
     """Batches of ``split_dir/<class>/*`` with ``classes`` as the label order (never inferred).
+
+    ``resize="pad"`` keeps the aspect ratio (Keras' ``pad_to_aspect_ratio``), as
+    :func:`toonvision.decode.resize` does.
 
     Without shuffling, batches come in file order and ``dataset.file_paths`` lists the files
     in that order (aligned with the predictions); ``dataset.class_names`` is ``classes``.
@@ -81,6 +88,7 @@ def from_directory(
         shuffle=shuffle,
         seed=seed,
         interpolation="bilinear",
+        pad_to_aspect_ratio=check_resize_mode(resize) == "pad",
         verbose=False,
     )
     file_paths = list(dataset.file_paths)
@@ -99,20 +107,24 @@ def from_plan(
     seed: int | None = None,
     augment: AugmentSpec | None = None,
     cache: CropCache | None = None,
+    resize: str = DEFAULT_RESIZE,
 ) -> "tf.data.Dataset":
     """Batches of one split of ``plan``, read from the pool's crops, decoded as Keras does.
 
     ``cache`` (from :func:`toonvision.cache.crop_cache`) shares decoded crops between runs;
     without one, the split is decoded into a cache of its own. With ``shuffle`` the order is
     drawn from ``seed`` and changes every epoch; ``augment`` (training only) replaces the
-    resize of each image by the fused resize + random flip/rotation/zoom of ``augment_crop``. ``dataset.file_paths`` lists the split's files in
-    plan order (class, then crop), the order of the batches when not shuffled.
+    resize of each image by the fused resize + random flip/rotation/zoom of ``augment_crop``.
+    ``resize`` is the mode of :func:`toonvision.decode.resize` (``pad`` keeps the aspect ratio).
+    ``dataset.file_paths`` lists the split's files in plan order (class, then crop), the order of
+    the batches when not shuffled.
     """
     import numpy as np
     import tensorflow as tf
 
     classes = list(plan.classes)
     _check_arguments(classes, image_size, batch_size, shuffle or augment is not None, seed)
+    mode = check_resize_mode(resize)
     chosen = sorted(
         (a for a in plan.assignments if a.split == split),
         key=lambda a: (classes.index(a.cls), a.crop),
@@ -137,11 +149,11 @@ def from_plan(
         return tf.expand_dims(tf.cast(label, tf.float32), -1) if binary else label
 
     def load(row: "tf.Tensor", label: "tf.Tensor") -> tuple["tf.Tensor", "tf.Tensor"]:
-        return resize(read_cached(read, row), size), target(label)
+        return resize_image(read_cached(read, row), size, mode=mode), target(label)
 
     def load_augmented(element: tuple["tf.Tensor", "tf.Tensor"], image_seed: "tf.Tensor") -> tuple["tf.Tensor", "tf.Tensor"]:
         row, label = element
-        return augment_crop(read_cached(read, row), image_seed, size, augment), target(label)
+        return augment_crop(read_cached(read, row), image_seed, size, augment, mode), target(label)
 
     dataset = tf.data.Dataset.from_tensor_slices((where, labels))
     dataset._toonvision_pixels = pixels  # every dataset derived from this one keeps the pixels alive

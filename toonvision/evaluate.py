@@ -226,7 +226,8 @@ def _dataset_from_record(layout: Layout, info: ModelInfo, split: str, batch_size
             "them (or pass the --img-dir the model was trained with); toonvision will not score the model on "
             "other crops, which it may have been trained on"
         )
-    dataset = datasets.from_plan(plan, layout.pool, split, image_size=info.image_size, batch_size=batch_size)
+    dataset = datasets.from_plan(plan, layout.pool, split, image_size=info.image_size, batch_size=batch_size,
+                                 resize=info.resize)
     run = info.record.get("run")
     return dataset, f"the split of training run {run} (seed {plan.seed}) from best.json"
 
@@ -247,7 +248,7 @@ def _dataset_from_folder(
             "in its output order, or --task with the task it was trained for"
         ) from None
     dataset = datasets.from_directory(
-        folder, info.classes, image_size=info.image_size, batch_size=batch_size, shuffle=False
+        folder, info.classes, image_size=info.image_size, batch_size=batch_size, shuffle=False, resize=info.resize
     )
     logger.warning(
         "%s has no best.json: scoring it on %s, which may hold crops it was trained on "

@@ -11,7 +11,8 @@ gradient of the class score over the map, and keeps the positive part of the wei
 ``relu(sum_k mean(d score_c / d A_k) * A_k)``. The class score is the logit (the head's
 activation is bypassed while the gradients are taken), so a confident prediction does not
 flatten the gradients; for a sigmoid head the score of classes[0] is the negated logit.
-Each heatmap is divided by its maximum (values in [0, 1]) and resized to the image's size.
+Each heatmap is divided by its maximum (values in [0, 1]) and resized to the image's size; for a
+model trained with ``--resize pad`` only the part over the image (not the zero bands) is kept.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from toonvision import plots
-from toonvision.decode import model_input
+from toonvision.decode import content_box, model_input
 from toonvision.errors import ImageError, UsageError
 from toonvision.layout import EXPLAIN_DIR
 from toonvision.metrics import decide
@@ -315,14 +316,25 @@ def resize_heatmap(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(resized, 0.0, 1.0)
 
 
+def image_heatmap(cam: np.ndarray, size: tuple[int, int], model_size: tuple[int, int], mode: str) -> np.ndarray:
+    """A heatmap over the model's input as a map over the (height, width) image it came from: resized, and
+    with ``pad`` first cut to the part of the input the image fills (``toonvision.decode.content_box``)."""
+    if mode == "stretch":
+        return resize_heatmap(cam, size)
+    top, left, height, width = content_box(size, model_size, mode)
+    over_input = resize_heatmap(cam, model_size)
+    return resize_heatmap(over_input[top:top + height, left:left + width], size)
+
+
 def gradcam(loaded: LoadedModel, image, path: Sequence[str] | None = None) -> Explanation:
     """Predict one PIL image and compute one heatmap per class at the image's own size."""
     path = tuple(path) if path else find_conv_layer(loaded.model)
-    x = model_input([image], loaded.info.image_size)
-    maps, probabilities = class_activation_maps(loaded.model, x, path, len(loaded.info.classes))
+    info = loaded.info
+    x = model_input([image], info.image_size, info.resize)
+    maps, probabilities = class_activation_maps(loaded.model, x, path, len(info.classes))
     maps = maps[0]
     height, width = image.size[1], image.size[0]
-    heatmaps = tuple(resize_heatmap(m, (height, width)) for m in maps)
+    heatmaps = tuple(image_heatmap(m, (height, width), info.image_size, info.resize) for m in maps)
     index, confidence = decide(probabilities)
     return Explanation(
         "", loaded.info.classes[int(index[0])], float(confidence[0]), tuple(float(p) for p in probabilities[0]),
@@ -391,5 +403,5 @@ def _file_name(item: InputImage, used: set[str]) -> str:
 
 __all__ = [
     "ExplainResult", "Explanation", "class_activation_maps", "explain", "feature_function", "find_conv_layer",
-    "find_layer", "gradcam", "linear_head", "resize_heatmap",
+    "find_layer", "gradcam", "image_heatmap", "linear_head", "resize_heatmap",
 ]

@@ -44,10 +44,29 @@ import numpy as np
 from toonvision import __version__
 from toonvision.constants import EXPORT_FORMATS, EXPORT_TOLERANCE
 from toonvision.decode import decode_files
-from toonvision.errors import ExportError, ImageError, ModelFileError, SplitError, UsageError, write_error
-from toonvision.fsutil import atomic_write_text, build_folder, file_sha256, remove_stale_temp_files, swap_directory
+from toonvision.errors import (
+    ExportError,
+    ImageError,
+    ModelFileError,
+    SplitError,
+    UsageError,
+    write_error,
+)
+from toonvision.fsutil import (
+    atomic_write_text,
+    build_folder,
+    file_sha256,
+    remove_stale_temp_files,
+    swap_directory,
+)
 from toonvision.layout import Layout
-from toonvision.modelfile import LoadedModel, ModelInfo, exported_format, model_format, open_model
+from toonvision.modelfile import (
+    LoadedModel,
+    ModelInfo,
+    exported_format,
+    model_format,
+    open_model,
+)
 from toonvision.runtimes import (
     export_info_path,
     export_sha256,

@@ -58,7 +58,7 @@ _CANDIDATE_INFO = "candidate.json"
 _PROTECTED = (BEST_MODEL, BEST_INFO, LEDGER)  # what a new training must not replace silently
 _LEDGER_FILES = (LEDGER, HISTORIES, TRAIN_INFO)  # removed when a training starts again
 # Options added after train.json files were first written, with the value those trainings used.
-_OLDER_DEFAULTS = {"mixed_precision": False}
+_OLDER_DEFAULTS = {"mixed_precision": False, "resize": "stretch"}
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Model files: tell a .keras zip from a Keras 2 HDF5 file, load it safely, and learn what it means.
 
-    models/<task>/best.keras + best.json     classes, image size, task, display names, the run's
-    (or any .keras/.h5 file + --classes)     split; best.json's model_sha256 must match the file
+    models/<task>/best.keras + best.json     classes, image size, resize mode, task, display names, the
+    (or any .keras/.h5 file + --classes)     run's split; best.json's model_sha256 must match the file
                  │
                  ▼
     LoadedModel(model, ModelInfo)            probabilities(images): one column per class
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from toonvision.constants import DEFAULT_RESIZE, RESIZE_MODES
 from toonvision.errors import ModelFileError, UsageError
 from toonvision.fsutil import file_sha256
 from toonvision.layout import BEST_MODEL
@@ -39,12 +40,11 @@ ZIP_SIGNATURE = b"PK\x03\x04"
 TFLITE_IDENTIFIER = b"TFL3"  # a LiteRT flatbuffer's file identifier, at bytes 4..8
 ONNX_SUFFIX = ".onnx"
 SAVED_MODEL_FILE = "saved_model.pb"
-DEFAULT_RESIZE = "stretch"  # best.json without "resize": the whole crop resized to the model's size
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a model file is for: its classes in output order, input size and, if known, its run."""
+    """What a model file is for: its classes in output order, input size and resize mode, and, if known, its run."""
 
     path: Path
     classes: tuple[str, ...]
@@ -53,14 +53,10 @@ class ModelInfo:
     display_names: tuple[tuple[str, str], ...] = ()
     legacy: bool = False  # a Keras 2 HDF5 file
     record: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)  # best.json
+    resize: str = DEFAULT_RESIZE  # how images become image_size (toonvision.decode.resize); best.json's "resize"
 
     def display(self, cls: str) -> str:
         return dict(self.display_names).get(cls, cls)
-
-    @property
-    def resize(self) -> str:
-        """How crops are fitted to ``image_size``: best.json's ``resize``, else "stretch"."""
-        return str((self.record or {}).get("resize") or DEFAULT_RESIZE)
 
     @property
     def names(self) -> dict[str, str]:
@@ -266,8 +262,20 @@ def open_model(path: Path, classes: Sequence[str] | str | None = None, unsafe: b
     if record is not None and isinstance(record.get("display_names"), dict):
         display = tuple((str(k), str(v)) for k, v in record["display_names"].items())
     task = str(record["task"]) if record is not None and record.get("task") else None
-    info = ModelInfo(file, tuple(given), image_size, task, display, legacy, record)
+    info = ModelInfo(file, tuple(given), image_size, task, display, legacy, record=record,
+                     resize=_resize_mode(file, record))
     return LoadedModel(model, info)
+
+
+def _resize_mode(file: Path, record: Mapping[str, Any] | None) -> str:
+    """best.json's resize mode; ``stretch`` for a model without one (every model before --resize)."""
+    mode = DEFAULT_RESIZE if record is None else record.get("resize", DEFAULT_RESIZE)
+    if mode not in RESIZE_MODES:
+        raise ModelFileError(
+            f"{file.with_suffix('.json')}: resize {mode!r} is not one of {', '.join(RESIZE_MODES)}; "
+            "train the model again"
+        )
+    return str(mode)
 
 
 def _check_model_hash(file: Path, record: Mapping[str, Any]) -> None:

@@ -38,7 +38,13 @@ from toonvision.errors import ModelFileError, UsageError
 from toonvision.evaluate import CONFUSION_PLOT, EVALUATION_JSON, WORST_PLOT
 from toonvision.explain import GRADCAM_SUFFIX
 from toonvision.fsutil import atomic_write_text
-from toonvision.layout import BEST_INFO, EXPLAIN_DIR, SPLITS, Layout, evaluation_dir_name
+from toonvision.layout import (
+    BEST_INFO,
+    EXPLAIN_DIR,
+    SPLITS,
+    Layout,
+    evaluation_dir_name,
+)
 from toonvision.ledger import LEDGER
 from toonvision.split import SPLIT_CSV
 from toonvision.train import BOXPLOT, CURVES_PLOT

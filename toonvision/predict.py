@@ -10,11 +10,12 @@
                  ▼
     file, object, box, label, predicted, confidence, p_<class>...    (table, csv or json)
 
-Images are preprocessed as in training: decoded to 8-bit RGB, resized bilinearly (no
-aspect-ratio padding) to the model's (height, width), fed as float 0..255 (the models rescale
-inside). Inputs are classified in the order given; an unreadable one becomes a Problem (exit 1)
-and the others are still classified. An exported model runs in its own runtime (ONNX Runtime,
-LiteRT, TensorFlow) on the same preprocessed batches. Nothing is written.
+Images are preprocessed as in training: decoded to 8-bit RGB, resized bilinearly to the model's
+(height, width), stretched or aspect-padded as best.json's ``resize`` says
+(``toonvision.decode.model_input``), fed as float 0..255 (the models rescale inside). Inputs
+are classified in the order given; an unreadable one becomes a Problem (exit 1) and the others
+are still classified. An exported model runs in its own runtime (ONNX Runtime, LiteRT,
+TensorFlow) on the same preprocessed batches. Nothing is written.
 """
 
 from __future__ import annotations

@@ -29,12 +29,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from toonvision.constants import DEFAULT_RESIZE, RESIZE_MODES
 from toonvision.decode import model_input
 from toonvision.errors import ExportError, ModelFileError, UsageError
 from toonvision.fsutil import file_sha256
 from toonvision.modelfile import ModelInfo, exported_format, open_model, parse_classes
 
-RESIZE_MODES = ("stretch",)  # what decode.model_input applies; "pad" joins when decode learns it
 EXPORT_EXTRA = "pip install 'toonvision[export]'"
 
 
@@ -82,7 +82,9 @@ def missing(package: str, what: str) -> ExportError:
 def litert_interpreter() -> tuple[type, str]:
     """LiteRT's interpreter class and where it came from: ai-edge-litert, else TensorFlow's own tf.lite."""
     try:
-        from ai_edge_litert.interpreter import Interpreter  # lazy: an optional dependency
+        from ai_edge_litert.interpreter import (
+            Interpreter,  # lazy: an optional dependency
+        )
 
         return Interpreter, "ai-edge-litert"
     except ImportError:
@@ -290,7 +292,8 @@ def export_model_info(
     names = record.get("display_names")
     display = tuple((str(k), str(v)) for k, v in names.items()) if isinstance(names, dict) else ()
     task = str(record["task"]) if record.get("task") else None
-    return ModelInfo(path, classes, (size[0], size[1]), task, display, False, record)
+    resize = str(record.get("resize") or DEFAULT_RESIZE)
+    return ModelInfo(path, classes, (size[0], size[1]), task, display, False, record, resize)
 
 
 def check_resize(info: ModelInfo) -> None:
@@ -305,7 +308,7 @@ def check_resize(info: ModelInfo) -> None:
 def model_batch(images: Sequence[Any], info: ModelInfo) -> np.ndarray:
     """PIL images or uint8 arrays as the model's input batch: its size, its resize mode, float32 0..255."""
     check_resize(info)
-    return model_input(images, info.image_size)
+    return model_input(images, info.image_size, info.resize)
 
 
 def _input_size(path: Path, shape: Sequence[Any]) -> tuple[int, int]:
@@ -361,7 +364,7 @@ def _open_error(path: Path, what: str, exc: Exception) -> ModelFileError:
 
 
 __all__ = [
-    "EXPORT_EXTRA", "LiteRTRuntime", "OnnxRuntime", "RESIZE_MODES", "RUNTIMES", "Runtime", "SavedModelRuntime",
+    "EXPORT_EXTRA", "LiteRTRuntime", "OnnxRuntime", "RUNTIMES", "Runtime", "SavedModelRuntime",
     "check_resize", "columns", "export_info_path", "export_model_info", "export_sha256", "litert_interpreter",
     "missing", "model_batch", "open_exported", "open_runtime", "read_export_info", "require",
 ]

@@ -7,7 +7,7 @@ test metrics never take part in the choice, they are only reported. Outputs::
 
     models/<task>/
     ├── best.keras        the chosen run's model (replaced atomically, only by a better run)
-    ├── best.json         task, classes in output order, image size, seed, the run's split, metrics
+    ├── best.json         task, classes in output order, image size and resize mode, seed, the run's split, metrics
     ├── runs.csv          one row per finished run: the ledger that --resume continues from
     ├── histories.jsonl   per-epoch history of each run
     ├── train.json        the options and pool fingerprint a --resume must match
@@ -42,13 +42,16 @@ from toonvision.augment import DEFAULT_AUGMENT
 from toonvision.constants import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
-    DEFAULT_IMAGE_SIZE,
     DEFAULT_MODEL,
     DEFAULT_RATIOS,
+    DEFAULT_RESIZE,
     DEFAULT_RUNS,
     DEFAULT_WEIGHTS,
+    HW,
+    IMAGE_SIZE_AUTO,
+    default_image_size,
 )
-from toonvision.decode import find_undecodable
+from toonvision.decode import auto_image_size, check_resize_mode, find_undecodable
 from toonvision.errors import (
     PoolLockedError,
     ToonVisionError,
@@ -102,7 +105,7 @@ BOXPLOT = "test_metrics.png"
 ARCHITECTURE_PLOT = "architecture.png"
 PLOTS = (CURVES_PLOT, BOXPLOT, ARCHITECTURE_PLOT)
 # The options a --resume must share with the training it continues (runs may grow).
-_IDENTITY = ("task", "model", "epochs", "seed", "ratios", "image_size", "batch_size", "group",
+_IDENTITY = ("task", "model", "epochs", "seed", "ratios", "image_size", "resize", "batch_size", "group",
              "min_per_class", "weights", "dropout", "augment", "mixed_precision", "fine_tune")
 
 
@@ -116,7 +119,9 @@ class TrainConfig:
     epochs: int = DEFAULT_EPOCHS
     seed: int | None = None  # None: chosen at random (or, with resume, the resumed training's)
     ratios: tuple[float, float, float] = DEFAULT_RATIOS
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
+    # (height, width), "auto" (from the task's crop sizes: resolve_image_size), or None: the task's default
+    image_size: tuple[int, int] | str | None = None
+    resize: str = DEFAULT_RESIZE  # stretch, or pad (aspect ratio kept): toonvision.decode.resize
     batch_size: int = DEFAULT_BATCH_SIZE
     group: bool = True
     min_per_class: int | None = None
@@ -141,8 +146,8 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
             raise UsageError(f"--seed must be an integer >= 0, got {self.seed!r}")
-        if len(self.image_size) != 2 or min(self.image_size) < 1:
-            raise UsageError(f"--image-size must be HEIGHTxWIDTH in pixels, got {self.image_size}")
+        object.__setattr__(self, "image_size", checked_image_size(self.task, self.image_size))
+        check_resize_mode(self.resize)
         ratios = check_ratios(self.ratios)
         if len(ratios) != 3:
             raise UsageError(
@@ -160,6 +165,13 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other; pass one of them")
         cache.cache_budget(self.cache_budget)  # a bad size fails here, before any work
+
+    @property
+    def size(self) -> HW:
+        """The input (height, width); a run needs ``auto`` resolved first (:func:`resolve_image_size`)."""
+        if not isinstance(self.image_size, HW):
+            raise UsageError("--image-size auto is chosen from the pool's crops: call resolve_image_size first")
+        return self.image_size
 
     @property
     def augmented(self) -> bool:
@@ -180,7 +192,8 @@ class TrainConfig:
         """The options a resumed training must share with the original, JSON-ready."""
         values = {
             "task": self.task, "model": self.model, "epochs": self.epochs, "seed": self.seed,
-            "ratios": [float(r) for r in self.ratios], "image_size": [int(v) for v in self.image_size],
+            "ratios": [float(r) for r in self.ratios], "image_size": [int(v) for v in self.size],
+            "resize": self.resize,
             "batch_size": self.batch_size, "group": self.group, "min_per_class": self.min_per_class,
             "weights": self.model_weights, "dropout": self.dropout, "augment": self.augmented,
             "mixed_precision": self.mixed_precision,
@@ -235,7 +248,7 @@ def train(layout: Layout, config: TrainConfig, progress: bool = False) -> TrainR
         records, _missing = load_pool(layout)
     out = layout.task_models(task.name)
     seed_chosen = config.seed is None
-    config = _resolve_seed(config, out)
+    config = resolve_image_size(_resolve_seed(config, out), records, task)
     first = _plan(records, task, config, 0)  # a task with < 2 classes fails here, before any write
     classes = tuple(first.classes)  # the same for every seed: they depend on the pool and --min-per-class only
     weights = resolve_weights(config)
@@ -285,8 +298,9 @@ def train_run(layout: Layout, config: TrainConfig, plan: SplitPlan, k: int, weig
     seed = config.seed + k
     keras.backend.clear_session()  # drop the previous run's graphs and layers
     keras.utils.set_random_seed(seed)
-    size = tuple(config.image_size)
-    common = dict(image_size=size, batch_size=config.batch_size, cache=_crops(layout, config, plan))
+    size = config.size
+    common = dict(image_size=size, batch_size=config.batch_size, cache=_crops(layout, config, plan),
+                  resize=config.resize)
     train_ds = datasets.from_plan(
         plan, layout.pool, "train", shuffle=True, seed=seed,
         augment=DEFAULT_AUGMENT if config.augmented else None, **common,
@@ -345,7 +359,7 @@ def fine_tune(model: keras.Model, fit: keras.callbacks.History, train_ds: tf.dat
 def _crops(layout: Layout, config: TrainConfig, plan: SplitPlan) -> CropCache:
     """The process's decoded-crop cache with every crop of ``plan``: decoded on the first call only."""
     paths = [str(layout.pool / a.crop) for a in plan.assignments]
-    return cache.crop_cache(layout.cache, paths, config.cache_budget, tuple(config.image_size))
+    return cache.crop_cache(layout.cache, paths, config.cache_budget, config.size)
 
 
 def _best_info(task: Task, config: TrainConfig, plan: SplitPlan, record: RunRecord) -> dict[str, Any]:
@@ -359,7 +373,8 @@ def _best_info(task: Task, config: TrainConfig, plan: SplitPlan, record: RunReco
         "task": task.name,
         "classes": classes,
         "display_names": {c: task.display_name(c) for c in classes},
-        "image_size": [int(v) for v in config.image_size],
+        "image_size": [int(v) for v in config.size],
+        "resize": config.resize,
         "model": config.model,
         "run": record.run,
         "seed": record.seed,
@@ -376,7 +391,8 @@ def _best_info(task: Task, config: TrainConfig, plan: SplitPlan, record: RunReco
         "dropout": config.dropout if config.dropout is not None else default_dropout(config.model, len(classes)),
         "weights": config.model_weights,
         "fine_tune": _fine_tune_info(config),
-        "input": {"color": "rgb", "resize": "bilinear", "range": "0-255 float; the model rescales itself"},
+        "input": {"color": "rgb", "resize": "bilinear", "range": "0-255 float; the model rescales itself",
+                  "aspect": "kept, centred in zero bands" if config.resize == "pad" else "stretched"},
         "selection": "lowest validation loss, ties by higher validation accuracy",
         "versions": {"toonvision": __version__, "tensorflow": tf.__version__, "keras": keras.__version__},
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -421,7 +437,7 @@ def _draw_plots(
         (BOXPLOT, lambda path: plots.plot_test_boxplots(
             [r.test_accuracy for r in runs], [r.test_loss for r in runs], path, title)),
         (ARCHITECTURE_PLOT, lambda path: plots.plot_architecture(
-            build_model(config.model, len(classes), tuple(config.image_size), weights=None), path)),
+            build_model(config.model, len(classes), config.size, weights=None), path)),
     )
     written = []
     for name, draw in jobs:
@@ -451,7 +467,33 @@ def resolve_weights(config: TrainConfig) -> str | None:
     """Find the pretrained weights before anything is written, so a missing file fails fast."""
     if config.model_weights is None:
         return None
-    return resolve_mobilenet_weights(config.model_weights, tuple(config.image_size))
+    return resolve_mobilenet_weights(config.model_weights, config.size)
+
+
+def resolve_image_size(
+    config: TrainConfig, records: Sequence[CropRecord], task: Task, min_side: int | None = None
+) -> TrainConfig:
+    """``config`` with ``--image-size auto`` replaced by :func:`toonvision.decode.auto_image_size` of the
+    task's crops (no side under ``min_side``, by default the model's smallest input); others unchanged."""
+    if config.image_size != IMAGE_SIZE_AUTO:
+        return config
+    sizes = [(r.height, r.width) for r in records if task.class_of(r.label) is not None]
+    size = auto_image_size(sizes, get_model_spec(config.model).min_size if min_side is None else min_side)
+    logger.info("--image-size auto: %s from the median of %d crop sizes of task %s", size.as_text(), len(sizes),
+                task.name)
+    return dataclasses.replace(config, image_size=size)
+
+
+def checked_image_size(task: str, value: tuple[int, int] | str | None) -> HW | str:
+    """An HW, or ``auto``; None becomes the task's default (:func:`toonvision.constants.default_image_size`)."""
+    value = default_image_size(task) if value is None else value
+    if isinstance(value, str):
+        if value.strip().lower() != IMAGE_SIZE_AUTO:
+            raise UsageError(f"--image-size must be HEIGHTxWIDTH in pixels or {IMAGE_SIZE_AUTO}, got {value!r}")
+        return IMAGE_SIZE_AUTO
+    if len(value) != 2 or min(value) < 1:
+        raise UsageError(f"--image-size must be HEIGHTxWIDTH in pixels, got {value}")
+    return HW(int(value[0]), int(value[1]))
 
 
 def _pool_fingerprint(records: Sequence[CropRecord], task: Task) -> str:
@@ -502,5 +544,6 @@ def _show_best(bar: Bar, best: RunRecord | None) -> None:
 
 __all__ = [
     "ARCHITECTURE_PLOT", "BOXPLOT", "CURVES_PLOT", "PLOTS", "TrainConfig", "TrainResult",
-    "fine_tune", "free_large_buffers_eagerly", "resolve_weights", "train", "train_run",
+    "checked_image_size", "fine_tune", "free_large_buffers_eagerly", "resolve_image_size", "resolve_weights",
+    "train", "train_run",
 ]
