@@ -60,6 +60,12 @@ DEFAULT_RUNS = 1
 DEFAULT_MODEL = "baseline"
 DEFAULT_WEIGHTS = "imagenet"  # mobilenetv2's base: Keras' cached ImageNet weights
 
+# Imbalance and selection (toonvision.train, toonvision.compare), chosen by measurement (README)
+CLASS_WEIGHT_MODES = ("balanced", "none")  # inverse-frequency class weights on the run's train split, or none
+DEFAULT_CLASS_WEIGHT = "balanced"
+DEFAULT_SELECT = "val_loss"  # the validation metric that picks the run and, within it, the epoch
+DEFAULT_PATIENCE: int | None = None  # epochs without a better validation metric before a run stops
+
 # Comparing models (toonvision.compare)
 DEFAULT_COMPARE_MODELS = ("baseline", "optimized")
 DEFAULT_COMPARE_RUNS = 5
