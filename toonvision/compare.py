@@ -1,7 +1,10 @@
 """Compare models over the same re-splits: run k of every model trains and tests on split k.
 
-    pool ──plan_split(seed + k)──▶ split k ──▶ run k of baseline, run k of optimized, ...
+    pool ──plan_split(seed + k, fixed_test)──▶ split k ──▶ run k of baseline, run k of optimized, ...
                                                   (fresh model, fresh optimizer, seed + k)
+
+The test split is drawn once (seed, grouped, stratified) and shared by every run of every model;
+only train/validate are re-split per run (``--resplit-test``: everything re-split per run).
     models/<task>/compare/                         (--out DIR)
     ├── compare.json          options, per-model statistics, every run's metrics and split
     ├── compare_runs.csv      model, run, seed, split, train/val/test loss and accuracy, seconds
@@ -34,12 +37,15 @@ import numpy as np
 from toonvision import plots
 from toonvision.constants import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_CLASS_WEIGHT,
     DEFAULT_COMPARE_MODELS,
     DEFAULT_COMPARE_RUNS,
     DEFAULT_COMPARE_SEED,
     DEFAULT_EPOCHS,
     DEFAULT_IMAGE_SIZE,
+    DEFAULT_PATIENCE,
     DEFAULT_RATIOS,
+    DEFAULT_SELECT,
     DEFAULT_WEIGHTS,
     FOLDER_LOCK,
 )
@@ -52,7 +58,7 @@ from toonvision.manifest import load_pool
 from toonvision.progress import progress_bar
 from toonvision.split import SplitPlan, plan_split
 from toonvision.tasks import get_task
-from toonvision.train import TrainConfig, resolve_weights, train_run
+from toonvision.train import TrainConfig, fixed_test_split, resolve_weights, train_run
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +68,7 @@ COMPARE_HISTORIES = "compare_histories.jsonl"
 CURVES_PLOT = "compare_curves.png"
 BOXPLOT = "compare_boxplots.png"
 CURVE_KEYS = ("accuracy", "val_accuracy", "loss", "val_loss")
-_METRICS = ("test_accuracy", "test_loss")
+_METRICS = ("test_accuracy", "test_loss", "test_macro_f1")
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,10 @@ class CompareConfig:
     weights: str | None = DEFAULT_WEIGHTS  # mobilenetv2 only
     task_config: Path | None = None
     verbose: bool = False
+    class_weight: str = DEFAULT_CLASS_WEIGHT
+    select: str = DEFAULT_SELECT  # the epoch each run keeps
+    patience: int | None = DEFAULT_PATIENCE
+    resplit_test: bool = False
 
     def __post_init__(self) -> None:
         models = tuple(self.models)
@@ -99,7 +109,8 @@ class CompareConfig:
             task=self.task, model=model, runs=self.runs, epochs=self.epochs, seed=self.seed,
             ratios=tuple(self.ratios), image_size=tuple(self.image_size), batch_size=self.batch_size,
             group=self.group, min_per_class=self.min_per_class, weights=self.weights,
-            task_config=self.task_config, verbose=self.verbose,
+            task_config=self.task_config, verbose=self.verbose, class_weight=self.class_weight,
+            select=self.select, patience=self.patience, resplit_test=self.resplit_test,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,6 +119,8 @@ class CompareConfig:
             "seed": self.seed, "ratios": [float(r) for r in self.ratios],
             "image_size": [int(v) for v in self.image_size], "batch_size": self.batch_size,
             "group": self.group, "min_per_class": self.min_per_class, "weights": self.weights,
+            "class_weight": self.class_weight, "select": self.select, "patience": self.patience,
+            "resplit_test": self.resplit_test,
         }
 
 
@@ -200,12 +213,13 @@ def compare(layout: Layout, config: CompareConfig, out: Path | None = None, prog
     make_folder(out, "--out")
     runs: list[ComparedRun] = []
     classes: tuple[str, ...] = ()
+    fixed_test = fixed_test_split(records, task, next(iter(configs.values())))  # one test split for all
     with locked(out / FOLDER_LOCK, str(out)):
         bar = progress_bar(progress, config.runs * len(config.models), f"compare {config.task}", "run")
         try:
             for k in range(config.runs):
                 plan = plan_split(records, task, tuple(config.ratios), config.seed + k,
-                                  group=config.group, min_per_class=config.min_per_class)
+                                  group=config.group, min_per_class=config.min_per_class, fixed_test=fixed_test)
                 if not classes:
                     classes = tuple(plan.classes)
                     if len(classes) < 2:

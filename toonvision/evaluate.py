@@ -228,6 +228,13 @@ def _dataset_from_record(layout: Layout, info: ModelInfo, split: str, batch_size
         )
     dataset = datasets.from_plan(plan, layout.pool, split, image_size=info.image_size, batch_size=batch_size)
     run = info.record.get("run")
+    members = info.record.get("members")
+    if isinstance(members, list):  # an ensemble.json: its members share only the (fixed) test split
+        if split != "test":
+            logger.warning("%s averages runs %s, each trained on its own part of the %s split: only the test "
+                           "split is unseen by all of them", info.path, ", ".join(map(str, members)), split)
+        return dataset, f"the fixed test split of the ensemble of runs {', '.join(map(str, members))}, from " \
+                        f"{info.path.with_suffix('.json').name}"
     return dataset, f"the split of training run {run} (seed {plan.seed}) from best.json"
 
 

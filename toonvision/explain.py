@@ -204,14 +204,30 @@ def feature_function(model: keras.Model, path: Sequence[str]) -> FeatureFunction
     node = outer[0]
     inner = feature_function(layer, path[1:])
     before = None if node.input_tensors[0] is inputs else keras.Model(inputs, node.input_tensors[0])
-    after = None if node.output_tensors[0] is outputs else keras.Model(node.output_tensors[0], outputs)
+    after = None if node.output_tensors[0] is outputs else _after(inputs, node.output_tensors[0], outputs)
 
     def run(x):
         h = x if before is None else before(x, training=False)
         features, nested_out = inner(h)
-        return features, (nested_out if after is None else after(nested_out, training=False))
+        return features, (nested_out if after is None else after(x, nested_out))
 
     return run
+
+
+def _after(inputs: object, nested: object, outputs: object) -> Callable[[object, object], object]:
+    """The graph from a nested model's output to the model's output, as a function of (images, that output).
+
+    When the output also depends on the images through other branches (an ensemble averaging
+    its members), those branches are computed from the images; the nested output is taken as given.
+    """
+    import keras
+
+    try:
+        tail = keras.Model(nested, outputs)
+        return lambda x, h: tail(h, training=False)
+    except ValueError:  # the output needs more than the nested model's output
+        both = keras.Model([inputs, nested], outputs)
+        return lambda x, h: both([x, h], training=False)
 
 
 def _reaches(output: object, tensor: object) -> bool:

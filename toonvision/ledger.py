@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from toonvision.constants import FOLDER_LOCK
+from toonvision.constants import FOLDER_LOCK, SELECT_METRICS
 from toonvision.errors import TrainingError, UsageError
 from toonvision.fsutil import atomic_write_text, file_sha256, remove_stale_temp_files
 from toonvision.layout import BEST_INFO, BEST_MODEL
@@ -67,7 +67,6 @@ _OLDER_DEFAULTS = {"mixed_precision": False}
 # Options whose absence means a training by a toonvision that kept the last epoch and re-split the
 # test split per run: its runs are not comparable with new ones, so a resume is refused outright.
 _SELECTION_KEYS = ("select", "class_weight", "patience", "resplit_test")
-SELECT_METRICS = ("val_loss", "val_macro_f1", "val_accuracy")
 
 
 @dataclass(frozen=True)

@@ -429,9 +429,9 @@ def train_run(layout: Layout, config: TrainConfig, plan: SplitPlan, k: int, weig
         (lambda m: macro_f1(val_labels, probabilities(m, val_ds), plan.classes))
         if config.select == "val_macro_f1" else None,
     )
-    callbacks = [keeper]
+    callbacks = [keeper]  # first: it adds val_macro_f1 to the logs the others read
     if config.tensorboard is not None:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(Path(config.tensorboard) / f"run_{k}")))
+        callbacks.append(tensorboard_callback(Path(config.tensorboard) / f"run_{k}"))
     try:
         fit = model.fit(
             train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False,  # the pipeline shuffles
@@ -516,6 +516,48 @@ def _selection_text(select: str) -> str:
     what = {"val_loss": "validation loss", "val_macro_f1": "validation macro-F1", "val_accuracy": "validation accuracy"}
     return (f"the run and, within it, the epoch with the {best} {what[select]}; ties by lower validation loss, "
             "then higher validation accuracy, then the earlier run")
+
+
+def tensorboard_callback(log_dir: Path) -> keras.callbacks.Callback:
+    """Keras' TensorBoard callback into ``log_dir``; without the tensorboard package, the same epoch scalars.
+
+    TensorFlow 2.16+ no longer installs tensorboard, and Keras' callback needs it; the fallback
+    writes what it would per epoch (``train/`` and ``validation/`` event files, tags ``epoch_<metric>``)
+    through TensorFlow's own summary writer, so ``tensorboard --logdir`` shows the runs either way.
+    """
+    import keras  # lazy: TensorFlow takes seconds to import
+
+    try:
+        import tensorboard  # noqa: F401  (only whether it is there)
+    except ImportError:
+        return _epoch_scalars(log_dir)
+    return keras.callbacks.TensorBoard(log_dir=str(log_dir))
+
+
+def _epoch_scalars(log_dir: Path) -> keras.callbacks.Callback:
+    """A callback writing each epoch's logs as TensorBoard scalars (the class needs Keras: built here)."""
+    import keras
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    scalar = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+    class EpochScalars(keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            self.writers = {part: tf.summary.create_file_writer(str(log_dir / part))
+                            for part in ("train", "validation")}
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            for name, value in (logs or {}).items():
+                part, tag = ("validation", name[4:]) if name.startswith("val_") else ("train", name)
+                with self.writers[part].as_default():
+                    tf.summary.write(f"epoch_{tag}", tf.constant(float(value)), step=epoch, metadata=scalar)
+
+        def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+            for writer in self.writers.values():
+                writer.close()
+
+    return EpochScalars()
 
 
 # -- at the end ------------------------------------------------------------------------------
