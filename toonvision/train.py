@@ -243,7 +243,7 @@ class TrainResult:
             f"task {self.task}: {self.model} over {len(self.runs)} run(s), classes {', '.join(self.classes)}"
             + (f" (resumed after {self.resumed})" if self.resumed else ""),
             f"test split: {'fixed (the same crops for every run)' if self.fixed_test else 're-split per run'}",
-            f"chosen on {self.select}: run {b.run} (seed {b.seed}, epoch {b.best_epoch}): "
+            f"chosen on {self.select}: run {b.run} (seed {b.seed}), epoch {b.best_epoch} of its {b.epochs}: "
             f"val loss {b.val_loss:.4f}, val accuracy {b.val_accuracy:.4f}, val macro-F1 {b.val_macro_f1:.4f}; "
             f"test loss {b.test_loss:.4f}, test accuracy {b.test_accuracy:.4f}, test macro-F1 {b.test_macro_f1:.4f}",
         ]
