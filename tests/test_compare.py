@@ -48,6 +48,8 @@ def test_run_k_of_every_model_uses_the_same_split(tmp_path, monkeypatch):
         assert plans["baseline", k].assignments == plans["optimized", k].assignments
         assert plans["baseline", k].seed == 11 + k
     assert plans["baseline", 0].assignments != plans["baseline", 1].assignments  # a re-split per run
+    tests = {frozenset(a.crop for a in plan.files("test")) for plan in plans.values()}
+    assert len(tests) == 1  # one fixed test split for every run of every model
     digests = {(r.model, r.record.run): r.split for r in result.runs}
     assert digests["baseline", 0] == digests["optimized", 0] == split_digest(plans["baseline", 0])
     assert digests["baseline", 1] != digests["baseline", 0]
@@ -123,3 +125,15 @@ def test_cli_reads_a_list_of_models(tmp_path, monkeypatch, argv, models):
 def test_cli_refuses_an_unknown_model():
     result = CliRunner().invoke(main, ["compare", "--task", "binary", "--models", "baseline", "vgg"])
     assert result.exit_code == 2 and "vgg" in result.output
+
+
+def test_resplit_test_draws_the_test_split_again_per_run(tmp_path, monkeypatch):
+    layout, _ = write_colour_pool(tmp_path / "img", {"cog_bb_a": 6, "toon_cat": 6})
+    seen = []
+    monkeypatch.setattr(compare_module, "train_run", fake_run(seen))
+    config = CompareConfig(task="binary", models=("baseline",), runs=3, epochs=1, seed=11, image_size=(48, 44),
+                           batch_size=4, resplit_test=True, class_weight="none", select="val_macro_f1")
+    compare(layout, config)
+    assert len({frozenset(a.crop for a in plan.files("test")) for _, _, plan in seen}) == 3
+    trained = config.train_config("baseline")
+    assert (trained.resplit_test, trained.class_weight, trained.select) == (True, "none", "val_macro_f1")
