@@ -311,6 +311,11 @@ def test_the_best_epoch_is_kept_and_patience_stops_a_run_early():
     model, history, snapshots = fit([0.1, 0.9, 0.2], keeper, 3)
     assert history["val_macro_f1"] == [0.3, 0.8, 0.6] and keeper.best_epoch == 1
     assert same(model.get_weights(), snapshots[1])
+    # an equal macro-F1 with a lower validation loss is better (the tie-break of run selection)
+    scores = iter([0.5, 0.8, 0.8, 0.8])
+    keeper = best_epoch_callback("val_macro_f1", patience=2, macro_f1_of=lambda m: next(scores))
+    model, history, snapshots = fit([0.9, 0.6, 0.4, 0.5], keeper, 4)
+    assert keeper.best_epoch == 2 and len(history["loss"]) == 4 and same(model.get_weights(), snapshots[2])
 
 
 def test_the_ensemble_is_the_mean_of_its_members_and_loads_in_evaluate_and_predict(trained, tmp_path):
@@ -324,7 +329,7 @@ def test_the_ensemble_is_the_mean_of_its_members_and_loads_in_evaluate_and_predi
     layout, records, result, _ = trained
     out = layout.task_models("binary")
     info = json.loads((out / ENSEMBLE_INFO).read_text())
-    top = [r.run for r in rank_runs(result.runs, "val_loss")[:2]]
+    top = [r.run for r in rank_runs(result.runs, result.select)[:2]]
     assert info["members"] == top and info["model_sha256"] == file_sha256(out / ENSEMBLE_MODEL)
     assert sorted(p.name for p in (out / RUNS_DIR).iterdir()) == sorted(f"run_{k}.keras" for k in top)
     ensemble = keras.saving.load_model(out / ENSEMBLE_MODEL, compile=False, safe_mode=True)

@@ -328,7 +328,7 @@ select_option = click.option(
 patience_option = click.option(
     "--patience", type=click.IntRange(min=1), default=DEFAULT_PATIENCE, metavar="N",
     help="Stop a run after N epochs without a better --select value (the best epoch is kept either way). "
-         "[default: never]" if DEFAULT_PATIENCE is None else f"[default: {DEFAULT_PATIENCE}]",
+         + ("[default: never]" if DEFAULT_PATIENCE is None else f"[default: {DEFAULT_PATIENCE}]"),
 )
 resplit_test_option = click.option(
     "--resplit-test", is_flag=True,

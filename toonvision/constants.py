@@ -64,8 +64,8 @@ DEFAULT_WEIGHTS = "imagenet"  # mobilenetv2's base: Keras' cached ImageNet weigh
 CLASS_WEIGHT_MODES = ("balanced", "none")  # inverse-frequency class weights on the run's train split, or none
 DEFAULT_CLASS_WEIGHT = "balanced"
 SELECT_METRICS = ("val_loss", "val_macro_f1", "val_accuracy")  # --select: validation metrics that choose
-DEFAULT_SELECT = "val_loss"  # the validation metric that picks the run and, within it, the epoch
-DEFAULT_PATIENCE: int | None = None  # epochs without a better validation metric before a run stops
+DEFAULT_SELECT = "val_macro_f1"  # the validation metric that picks the run and, within it, the epoch
+DEFAULT_PATIENCE: int | None = 5  # epochs without a better validation metric before a run stops (None: never)
 
 # Comparing models (toonvision.compare)
 DEFAULT_COMPARE_MODELS = ("baseline", "optimized")

@@ -363,12 +363,22 @@ def best_epoch_callback(
 
     Keras' ``EarlyStopping(restore_best_weights=True)``, except that it restores whether or not
     the run stopped early; ``patience`` (None: never) stops after that many epochs without a
-    better value. With ``macro_f1_of`` it first adds ``val_macro_f1`` (of the model at the end of
+    better value. As between runs, an epoch with an equal accuracy or macro-F1 and a lower
+    validation loss is better (macro-F1 on a small validation set often stays put for epochs). With ``macro_f1_of`` it first adds ``val_macro_f1`` (of the model at the end of
     the epoch) to the epoch's logs, so histories record it. ``best_epoch`` is the kept epoch (from 0).
     """
     import keras  # lazy: TensorFlow takes seconds to import
 
     higher = higher_is_better(select)
+
+    def key(logs: Mapping[str, Any]) -> tuple[float, float] | None:
+        """(metric, tie-break) to maximise: an equal metric with a lower validation loss is better too."""
+        value, loss = float(logs.get(select, math.nan)), float(logs.get("val_loss", math.nan))
+        if not math.isfinite(value):
+            return None
+        if not higher:
+            return (-value, 0.0)
+        return (value, -loss if math.isfinite(loss) else -math.inf)
 
     class BestEpoch(keras.callbacks.Callback):
         def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
@@ -379,8 +389,8 @@ def best_epoch_callback(
             if macro_f1_of is not None:
                 logs["val_macro_f1"] = macro_f1_of(self.model)
             self.last_epoch = epoch
-            value = float(logs.get(select, math.nan))
-            if math.isfinite(value) and (self.best is None or (value > self.best if higher else value < self.best)):
+            value = key(logs)
+            if value is not None and (self.best is None or value > self.best):
                 self.best, self.best_epoch, self.wait = value, epoch, 0
                 self.best_weights = self.model.get_weights()
                 return
