@@ -353,6 +353,11 @@ def test_the_ensemble_is_the_mean_of_its_members_and_loads_in_evaluate_and_predi
                        .probabilities for k in top], axis=0)
     np.testing.assert_allclose(predicted.probabilities, by_hand, atol=1e-6)
     assert "ensemble of runs" in result.summary()
+    from toonvision.explain import explain
+
+    explained = explain(out / ENSEMBLE_MODEL, [crop])  # Grad-CAM through a member nested in the ensemble
+    assert explained.layer.startswith(f"run_{top[-1]}/") and explained.out == out / "explain_ensemble"
+    np.testing.assert_allclose(explained.explanations[0].probabilities, predicted.probabilities, atol=1e-5)
 
 
 def test_tensorboard_logs_are_written_per_run(trained):

@@ -46,7 +46,8 @@ def build_ensemble(members: Mapping[int, keras.Model], image_size: tuple[int, in
     inputs = keras.Input(shape=(*image_size, 3), name="image")
     outputs = []
     for run, member in members.items():
-        nested = keras.Model(member.inputs[0], member.outputs[0], name=f"{MEMBER_PREFIX}{run}")  # the same layers, renamed
+        # a renamed view of the member (the same layers), so that every nested model has a unique name
+        nested = keras.Model(member.inputs[0], member.outputs[0], name=f"{MEMBER_PREFIX}{run}")
         outputs.append(nested(inputs))
     mean = keras.layers.Average(name=MEAN_LAYER, dtype="float32")(outputs)
     return keras.Model(inputs, mean, name="ensemble")

@@ -52,7 +52,7 @@ from toonvision.errors import (
 )
 from toonvision.fsutil import atomic_write_text, remove_stale_temp_files
 from toonvision.labels import shown_class
-from toonvision.layout import BEST_INFO, SPLITS, Layout, evaluation_dir_name
+from toonvision.layout import BEST_INFO, ENSEMBLE_MODEL, SPLITS, Layout, evaluation_dir_name
 from toonvision.locks import locked
 from toonvision.metrics import (
     Metrics,
@@ -156,7 +156,10 @@ def evaluate(
         model = layout.task_models(task)
     loaded = open_model(model, classes, unsafe)
     info = loaded.info
-    out = Path(out) if out is not None else info.path.parent / evaluation_dir_name(split)
+    if out is None:  # an ensemble beside best.keras gets a folder of its own, not best's evaluation
+        suffix = "_ensemble" if info.path.name == ENSEMBLE_MODEL else ""
+        out = info.path.parent / f"{evaluation_dir_name(split)}{suffix}"
+    out = Path(out)
     with locked(out / FOLDER_LOCK, str(out)):  # a second evaluation into ``out`` is told at once
         return _score(layout, loaded, task, split, batch_size, out, worst, plots)
 

@@ -29,7 +29,7 @@ import numpy as np
 from toonvision import plots
 from toonvision.decode import model_input
 from toonvision.errors import ImageError, UsageError
-from toonvision.layout import EXPLAIN_DIR
+from toonvision.layout import ENSEMBLE_MODEL, EXPLAIN_DIR
 from toonvision.metrics import decide
 from toonvision.modelfile import LoadedModel, open_model
 from toonvision.predict import InputImage, collect_inputs
@@ -360,7 +360,8 @@ def explain(
     inputs, problems = collect_inputs(paths)
     loaded = open_model(model, classes, unsafe)
     path = find_layer(loaded.model, layer) if layer else find_conv_layer(loaded.model)
-    out = Path(out) if out is not None else loaded.info.path.parent / EXPLAIN_DIR
+    suffix = "_ensemble" if loaded.info.path.name == ENSEMBLE_MODEL else ""  # not over best.keras' overlays
+    out = Path(out) if out is not None else loaded.info.path.parent / f"{EXPLAIN_DIR}{suffix}"
     used: set[str] = set()
     explanations = []
     for item in inputs:

@@ -243,7 +243,7 @@ class TrainResult:
             f"task {self.task}: {self.model} over {len(self.runs)} run(s), classes {', '.join(self.classes)}"
             + (f" (resumed after {self.resumed})" if self.resumed else ""),
             f"test split: {'fixed (the same crops for every run)' if self.fixed_test else 're-split per run'}",
-            f"chosen on {self.select}: run {b.run} (seed {b.seed}), epoch {b.best_epoch} of its {b.epochs}: "
+            f"chosen on {self.select}: run {b.run} (seed {b.seed}), epoch {b.best_epoch} of {b.epochs}: "
             f"val loss {b.val_loss:.4f}, val accuracy {b.val_accuracy:.4f}, val macro-F1 {b.val_macro_f1:.4f}; "
             f"test loss {b.test_loss:.4f}, test accuracy {b.test_accuracy:.4f}, test macro-F1 {b.test_macro_f1:.4f}",
         ]
@@ -257,7 +257,8 @@ class TrainResult:
         for metric in ("test_macro_f1", "test_accuracy", "test_loss"):
             s = describe([getattr(r, metric) for r in self.runs])
             lines.append(
-                f"{metric.replace('_', ' ')} over runs: mean {s['mean']:.4f}, median {s['median']:.4f}, "
+                f"{metric.replace('_', ' ').replace('macro f1', 'macro-F1')} over runs: mean {s['mean']:.4f}, "
+                f"median {s['median']:.4f}, "
                 f"std {s['std']:.4f}, min {s['min']:.4f}, max {s['max']:.4f}"
             )
         lines.append(f"model: {self.output / BEST_MODEL} (+ {BEST_INFO}); ledger: {self.output / LEDGER}")
@@ -346,7 +347,15 @@ def split_labels(plan: SplitPlan, pool: Path, dataset: tf.data.Dataset) -> np.nd
 
 def probabilities(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
     """(n, classes) probabilities of an unshuffled dataset (a sigmoid unit becomes [1 - p, p])."""
-    raw = np.asarray(model.predict(dataset, verbose=0), dtype=np.float64)
+    # A split's last, smaller batch and every run's fresh model trace predict anew; TensorFlow then
+    # warns of "excessive retracing" on the terminal although nothing is wrong: hushed for this call.
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR)
+    try:
+        raw = np.asarray(model.predict(dataset, verbose=0), dtype=np.float64)
+    finally:
+        tf_logger.setLevel(level)
     raw = raw.reshape(len(raw), -1)
     return np.concatenate([1.0 - raw, raw], axis=1) if raw.shape[1] == 1 else raw
 
@@ -364,8 +373,9 @@ def best_epoch_callback(
     Keras' ``EarlyStopping(restore_best_weights=True)``, except that it restores whether or not
     the run stopped early; ``patience`` (None: never) stops after that many epochs without a
     better value. As between runs, an epoch with an equal accuracy or macro-F1 and a lower
-    validation loss is better (macro-F1 on a small validation set often stays put for epochs). With ``macro_f1_of`` it first adds ``val_macro_f1`` (of the model at the end of
-    the epoch) to the epoch's logs, so histories record it. ``best_epoch`` is the kept epoch (from 0).
+    validation loss is better (macro-F1 on a small validation set often stays put for epochs).
+    With ``macro_f1_of`` it first adds ``val_macro_f1`` (of the model at the end of the epoch)
+    to the epoch's logs, so histories record it. ``best_epoch`` is the kept epoch (from 0).
     """
     import keras  # lazy: TensorFlow takes seconds to import
 
