@@ -169,7 +169,7 @@ def test_train_commits_what_its_runs_produce_and_keeps_the_run_best_on_validatio
 
 
 def preset_runs(val: dict[str, tuple[float, ...]], plans: list | None = None):
-    """A train_run stand-in: run k gets the preset validation metrics ``val[name][k]`` and a tiny model of weights k+1."""
+    """A train_run stand-in: run k gets the preset validation metrics ``val[name][k]``, a model of weights k+1."""
     from toonvision.ledger import FinishedRun
 
     def fake_run(layout, config, plan, k, weights):

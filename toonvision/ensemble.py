@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,10 +66,4 @@ def write_ensemble(out: Path, model: keras.Model, info: Mapping[str, Any]) -> tu
     return out / ENSEMBLE_MODEL, out / ENSEMBLE_INFO
 
 
-def member_runs(info: Mapping[str, Any]) -> Sequence[int] | None:
-    """The member runs an ensemble.json names, or None for a single model's JSON."""
-    members = info.get("members")
-    return [int(m) for m in members] if isinstance(members, list) else None
-
-
-__all__ = ["MEAN_LAYER", "MEMBER_PREFIX", "build_ensemble", "member_runs", "write_ensemble"]
+__all__ = ["MEAN_LAYER", "MEMBER_PREFIX", "build_ensemble", "write_ensemble"]

@@ -726,5 +726,5 @@ def _show_best(bar: Bar, best: RunRecord | None, select: str) -> None:
 __all__ = [
     "ARCHITECTURE_PLOT", "BOXPLOT", "CURVES_PLOT", "PLOTS", "TrainConfig", "TrainResult", "best_epoch_callback",
     "class_weights", "fixed_test_split", "free_large_buffers_eagerly", "macro_f1", "probabilities",
-    "resolve_weights", "split_labels", "train", "train_run",
+    "resolve_weights", "split_labels", "tensorboard_callback", "train", "train_run",
 ]
