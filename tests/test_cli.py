@@ -84,6 +84,9 @@ def test_train_defaults_are_train_configs() -> None:
     assert (params["model"], params["runs"], params["epochs"], params["ratio"], params["image_size"],
             params["batch_size"], params["weights"]) == (
         config.model, config.runs, config.epochs, config.ratios, config.image_size, config.batch_size, config.weights)
+    assert (params["class_weight"], params["select"], params["patience"], params["resplit_test"],
+            params["ensemble"] or 0, params["tensorboard"]) == (
+        config.class_weight, config.select, config.patience, config.resplit_test, config.ensemble, config.tensorboard)
 
 
 def test_compare_defaults_are_compare_configs() -> None:
@@ -94,6 +97,8 @@ def test_compare_defaults_are_compare_configs() -> None:
             params["image_size"], params["batch_size"], params["weights"]) == (
         config.models, config.runs, config.epochs, config.seed, config.ratios, config.image_size,
         config.batch_size, config.weights)
+    assert (params["class_weight"], params["select"], params["patience"], params["resplit_test"]) == (
+        config.class_weight, config.select, config.patience, config.resplit_test)
 
 
 def test_synth_defaults_are_synth_configs() -> None:

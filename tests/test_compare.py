@@ -45,6 +45,8 @@ def test_run_k_of_every_model_uses_the_same_split(tmp_path, monkeypatch):
         assert plans["baseline", k].assignments == plans["optimized", k].assignments
         assert plans["baseline", k].seed == 11 + k
     assert plans["baseline", 0].assignments != plans["baseline", 1].assignments  # a re-split per run
+    tests = {frozenset(a.crop for a in plan.files("test")) for plan in plans.values()}
+    assert len(tests) == 1  # one fixed test split for every run of every model
     digests = {(r.model, r.record.run): r.split for r in result.runs}
     assert digests["baseline", 0] == digests["optimized", 0] == split_digest(plans["baseline", 0])
     assert digests["baseline", 1] != digests["baseline", 0]
@@ -147,7 +149,6 @@ def test_compare_with_the_reference_writes_its_rows_beside_the_networks(tmp_path
     assert [row["model"] for row in rows] == ["reference", "baseline", "reference", "baseline"]
     assert [row["epochs"] for row in rows] == ["n/a", "2", "n/a", "2"]
     assert float(rows[0]["test_macro_f1"]) == 1.0 and float(rows[2]["val_macro_f1"]) == 1.0
-    assert rows[1]["test_macro_f1"] == ""  # a stand-in run without a model has none
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["config"]["models"] == ["reference", "baseline"] and saved["config"]["image_size"] == [48, 48]
     assert saved["runs"][0]["epochs"] is None and saved["runs"][0]["test_macro_f1"] == 1.0
@@ -183,3 +184,15 @@ def test_the_cli_takes_the_reference_as_a_model(tmp_path, monkeypatch):
     config = captured["config"]
     assert (config.models, config.image_size, config.resize) == (("reference", "baseline"), "auto", "pad")
     assert CompareConfig(task="binary", models=("reference",)).networks == ()
+
+
+def test_resplit_test_draws_the_test_split_again_per_run(tmp_path, monkeypatch):
+    layout, _ = write_colour_pool(tmp_path / "img", {"cog_bb_a": 6, "toon_cat": 6})
+    seen = []
+    monkeypatch.setattr(compare_module, "train_run", fake_run(seen))
+    config = CompareConfig(task="binary", models=("baseline",), runs=3, epochs=1, seed=11, image_size=(48, 44),
+                           batch_size=4, resplit_test=True, class_weight="none", select="val_macro_f1")
+    compare(layout, config)
+    assert len({frozenset(a.crop for a in plan.files("test")) for _, _, plan in seen}) == 3
+    trained = config.train_config("baseline")
+    assert (trained.resplit_test, trained.class_weight, trained.select) == (True, "none", "val_macro_f1")

@@ -23,6 +23,8 @@ from toonvision.ledger import (
     BEST_MODEL,
     HISTORIES,
     LEDGER,
+    LEDGER_COLUMNS,
+    RUNS_DIR,
     TRAIN_INFO,
     WORK,
     FinishedRun,
@@ -30,6 +32,7 @@ from toonvision.ledger import (
     RunRecord,
     choose_best,
     describe,
+    rank_runs,
     save_model,
 )
 from toonvision.manifest import CropRecord
@@ -143,6 +146,57 @@ def test_choose_best_reads_validation_only(runs, chosen):
     assert choose_best(runs).run == chosen
 
 
+def scored(k, val_loss, val_accuracy, val_macro_f1, test_macro_f1=0.5):
+    return RunRecord(k, 100 + k, 1, 0.4, 0.8, val_loss, val_accuracy, 0.5, 0.5, 1.0, val_macro_f1, test_macro_f1, 1)
+
+
+# each metric prefers another run: val_loss run 0, val_accuracy run 1, val_macro_f1 run 2 (test would pick run 3)
+THREE_WAYS = [scored(0, 0.20, 0.80, 0.60), scored(1, 0.30, 0.95, 0.70), scored(2, 0.40, 0.90, 0.90),
+              scored(3, 0.50, 0.70, 0.50, test_macro_f1=1.0)]
+
+
+@pytest.mark.parametrize("select, chosen, order", [
+    ("val_loss", 0, [0, 1, 2, 3]), ("val_accuracy", 1, [1, 2, 0, 3]), ("val_macro_f1", 2, [2, 1, 0, 3]),
+])
+def test_the_selection_metric_chooses_the_run_it_names(select, chosen, order):
+    assert choose_best(THREE_WAYS, select).run == chosen
+    assert [r.run for r in rank_runs(THREE_WAYS, select)] == order
+
+
+def test_selection_ties_go_to_the_lower_validation_loss_and_nan_ranks_last():
+    runs = [scored(0, 0.4, 0.9, 0.8), scored(1, 0.3, 0.9, 0.8), scored(2, 0.1, 0.9, math.nan)]
+    assert [r.run for r in rank_runs(runs, "val_macro_f1")] == [1, 0, 2]
+    with pytest.raises(UsageError, match="--select must be one of"):
+        choose_best(runs, "test_accuracy")
+
+
+def test_the_ledger_promotes_by_its_selection_metric(tmp_path):
+    models = [tiny_model(k + 1.0) for k in range(4)]
+    with Ledger.open(tmp_path, IDENTITY, "pool-1", CLASSES, select="val_macro_f1") as ledger:
+        for r, model in zip(THREE_WAYS, models, strict=True):
+            ledger.commit(FinishedRun(r, {"loss": [0.4]}, model, a_plan(r.seed)), {"run": r.run})
+        assert ledger.best.run == 2
+    assert json.loads((tmp_path / BEST_INFO).read_text())["run"] == 2
+    assert all((w == 3.0).all() for w in weights(tmp_path / BEST_MODEL))
+
+
+def test_runs_keeps_exactly_the_models_of_the_k_best_runs(tmp_path):
+    kept = []
+    with Ledger.open(tmp_path, IDENTITY, "pool-1", CLASSES, select="val_macro_f1", keep=2) as ledger:
+        for r in THREE_WAYS:
+            ledger.commit(FinishedRun(r, {"loss": [0.4]}, tiny_model(r.run + 1.0), a_plan(r.seed)), {"run": r.run})
+            kept.append(sorted(p.name for p in (tmp_path / RUNS_DIR).iterdir()))
+        assert [r.run for r in ledger.members] == [2, 1]
+    assert kept == [["run_0.keras"], ["run_0.keras", "run_1.keras"], ["run_1.keras", "run_2.keras"],
+                    ["run_1.keras", "run_2.keras"]]
+    assert all((w == 3.0).all() for w in weights(tmp_path / RUNS_DIR / "run_2.keras"))
+    # a kill between a member's save and its commit leaves a stray model; the resume removes it
+    save_model(tiny_model(9.0), tmp_path / RUNS_DIR / "run_4.keras")
+    with Ledger.open(tmp_path, IDENTITY, "pool-1", CLASSES, select="val_macro_f1", keep=2, resume=True):
+        pass
+    assert sorted(p.name for p in (tmp_path / RUNS_DIR).iterdir()) == ["run_1.keras", "run_2.keras"]
+
+
 def test_choose_best_ignores_test_metrics_entirely():
     runs = [run(0, 0.3, 0.9), run(1, 0.4, 0.9)]
     flipped = [run(0, 0.3, 0.9, 9.0, 0.0), run(1, 0.4, 0.9, 0.0, 1.0)]
@@ -209,9 +263,26 @@ def test_a_resume_finishes_a_promotion_cut_between_its_two_renames(tmp_path, mon
 
 
 def test_ledger_rows_round_trip_exactly():
-    record = RunRecord(3, 8, 25, 0.1 + 0.2, 1 / 3, 0.123456789012345, 0.9, 0.5, 2 / 3, 12.5)
+    record = RunRecord(3, 8, 25, 0.1 + 0.2, 1 / 3, 0.123456789012345, 0.9, 0.5, 2 / 3, 12.5, 0.7 / 3, 0.1 + 0.7, 4)
     row = dict(zip(list(RunRecord.__dataclass_fields__), record.to_row(), strict=True))
     assert RunRecord.from_row(row) == record
+
+
+def test_a_runs_csv_from_before_the_macro_f1_columns_still_reads():
+    row = dict(zip(LEDGER_COLUMNS[:10], ["0", "5", "2", "0.1", "0.9", "0.2", "0.8", "0.3", "0.7", "1.5"], strict=True))
+    record = RunRecord.from_row(row)
+    assert (record.run, record.test_accuracy, record.best_epoch) == (0, 0.7, 0)
+    assert math.isnan(record.val_macro_f1) and math.isnan(record.test_macro_f1)
+    assert LEDGER_COLUMNS[10:] == ("val_macro_f1", "test_macro_f1", "best_epoch")
+
+
+def test_a_resume_of_a_training_from_before_selection_options_is_refused_clearly(tmp_path):
+    with open_ledger(tmp_path) as ledger:  # IDENTITY has no select/class_weight: an older training
+        ledger.commit(finished(0, 0.5, 0.5), {"run": 0})
+    new = {**IDENTITY, "select": "val_loss", "class_weight": "none", "patience": None, "resplit_test": True}
+    with pytest.raises(UsageError, match="older toonvision.*--overwrite"):
+        with Ledger.open(tmp_path, new, "pool-1", CLASSES, resume=True):
+            pass
 
 
 def test_saved_model_reloads_and_predicts_exactly(tmp_path):

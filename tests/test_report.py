@@ -110,3 +110,18 @@ def test_cli_balance_report_without_a_pool_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         f"error: no crop pool at {tmp_path / 'img' / 'unsorted'}: run `toonvision extract` first"]
+
+
+def test_an_imbalanced_task_is_named_with_what_training_does_about_it(make_pool) -> None:
+    from toonvision.report import IMBALANCE_RATIO
+
+    layout, _ = make_pool({"cog_bb_a": 12, "toon_cat": 4, "cog_lb_b": 5})
+    report = balance_report(layout, get_task("binary"))  # 17 cogs, 4 toons: 4.25x
+    assert report.imbalance_ratio == pytest.approx(17 / 4) and report.imbalanced and IMBALANCE_RATIO == 3.0
+    assert report.class_weights() == pytest.approx({"cog": 21 / 34, "toon": 21 / 8})
+    note = report.imbalance_note()
+    assert "IMBALANCED" in note and "4.2x" in note and "toon 2.62" in note and note in report.table()
+    assert json.loads(json.dumps(report.to_dict()))["imbalance"]["imbalanced"] is True
+    balanced = balance_report(layout, get_task("suit"))  # 12 bb, 5 lb: 2.4x
+    assert not balanced.imbalanced and "balanced enough" in balanced.imbalance_note()
+    assert balance_report(layout).imbalance_note() is None and balance_report(layout).to_dict()["imbalance"] is None

@@ -31,6 +31,7 @@ from toonvision.split import (
     load_split,
     plan_from_dict,
     plan_split,
+    plan_test_split,
     plan_to_dict,
     run_split,
     write_split,
@@ -162,6 +163,49 @@ def test_different_seeds_different_splits(group: bool) -> None:
     recs = screenshots(200, ["a", "b", "c"], seed=4)
     plans = [plan_split(recs, LABEL, (0.6, 0.2, 0.2), seed, group) for seed in range(5)]
     assert len({p.assignments for p in plans}) == 5
+
+
+# --- a fixed test split ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_a_fixed_test_split_is_the_same_for_every_re_split_and_no_test_crop_ever_moves(group: bool) -> None:
+    recs = screenshots(200, ["a", "b", "c"], seed=4)
+    test = plan_test_split(recs, LABEL, (0.6, 0.2, 0.2), 7, group=group)
+    assert test == {a.crop for a in plan_split(recs, LABEL, (0.6, 0.2, 0.2), 7, group).files("test")}
+    plans = [plan_split(recs, LABEL, (0.6, 0.2, 0.2), seed, group, fixed_test=test) for seed in range(7, 12)]
+    assert all({a.crop for a in p.files("test")} == test for p in plans)  # identical test split in every run
+    assert len({tuple(p.files("train")) for p in plans}) == 5  # train/validate are re-split per run
+    for p in plans:
+        assert p.ratios == (0.6, 0.2, 0.2) and len(p.assignments) == len(recs)
+        counts = p.counts()
+        assert all(counts[cls, s] >= 1 for cls in p.classes for s in p.splits)
+        for cls, achieved in p.achieved_ratios().items():  # train/validate still 3:1 of what test left
+            assert abs(achieved[0] - 0.6) < 0.06 and abs(achieved[1] - 0.2) < 0.06, (cls, achieved)
+        if group:
+            splits_of_source = defaultdict(set)
+            for a in p.assignments:
+                splits_of_source[a.source].add(a.split)
+            assert all(len(v) == 1 for v in splits_of_source.values())
+    # without a fixed test split (--resplit-test), the test split moves with the seed
+    resplit = [{a.crop for a in plan_split(recs, LABEL, (0.6, 0.2, 0.2), seed, group).files("test")}
+               for seed in range(7, 12)]
+    assert len({frozenset(t) for t in resplit}) == 5
+
+
+def test_a_fixed_test_split_that_does_not_fit_the_pool_is_refused() -> None:
+    recs = screenshots(100, ["a", "b", "c"], seed=1)
+    test = plan_test_split(recs, LABEL, (0.6, 0.2, 0.2), 3)
+    with pytest.raises(SplitError, match="not crops of task label"):
+        plan_split(recs, LABEL, (0.6, 0.2, 0.2), 4, fixed_test=test | {"x/unknown.png"})
+    with pytest.raises(SplitError, match="no crop of class a"):
+        plan_split(recs, LABEL, (0.6, 0.2, 0.2), 4, fixed_test={c for c in test if not c.startswith("a/")})
+    per_shot = Counter(r.source for r in recs)
+    one = min(r.crop for r in recs if r.crop in test and per_shot[r.source] > 1)
+    with pytest.raises(SplitError, match="only some crops of screenshot"):
+        plan_split(recs, LABEL, (0.6, 0.2, 0.2), 4, fixed_test=test - {one})
+    with pytest.raises(UsageError, match="three ratios"):
+        plan_test_split(recs, LABEL, (0.8, 0.2), 3)
 
 
 def test_planning_uses_no_global_random_state() -> None:

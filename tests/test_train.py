@@ -62,7 +62,8 @@ def trained(tmp_path_factory):
     built, real_build = [], toonvision.train.build_model
     toonvision.train.build_model = lambda *a, **k: built.append(real_build(*a, **k)) or built[-1]
     try:
-        result = train(layout, TrainConfig(task="binary", runs=3, **TINY))
+        result = train(layout, TrainConfig(task="binary", runs=3, ensemble=2,
+                                           tensorboard=layout.img_dir.parent / "tb", **TINY))
     finally:
         toonvision.train.build_model = real_build
     return layout, records, result, built
@@ -84,6 +85,12 @@ def trained(tmp_path_factory):
         ({"seed": -1}, "--seed"),
         ({"fine_tune": True}, "--fine-tune needs a model with a pretrained base \\(mobilenetv2\\)"),
         ({"model": "mobilenetv2", "fine_tune": True, "fine_tune_epochs": 0}, "--fine-tune-epochs"),
+        ({"class_weight": "inverse"}, "--class-weight must be one of balanced, none"),
+        ({"select": "test_accuracy"}, "--select must be one of"),
+        ({"patience": 0}, "--patience"),
+        ({"ensemble": 1}, "--ensemble must be 0"),
+        ({"ensemble": 3, "runs": 2}, "pass --runs 3"),
+        ({"ensemble": 2, "runs": 2, "resplit_test": True}, "leave out --resplit-test"),
     ],
 )
 def test_bad_options_are_usage_errors(kwargs, message):
@@ -159,6 +166,211 @@ def test_train_commits_what_its_runs_produce_and_keeps_the_run_best_on_validatio
     assert len(saved) == 2 and all((w == 2.0).all() for w in saved)  # run 1's weights, not run 2's (last)
     assert load_split(layout.task_data("binary")).seed == 6  # the chosen run's split is the one on disk
     assert [r["val_loss"] for r in ledger(out / LEDGER)] == ["0.5", "0.2", "0.9"]
+
+
+def preset_runs(val: dict[str, tuple[float, ...]], plans: list | None = None):
+    """A train_run stand-in: run k gets the preset validation metrics ``val[name][k]``, a model of weights k+1."""
+    from toonvision.ledger import FinishedRun
+
+    def fake_run(layout, config, plan, k, weights):
+        if plans is not None:
+            plans.append(plan)
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.set_weights([np.full((2, 1), k + 1.0, "float32"), np.full((1,), k + 1.0, "float32")])
+        record = RunRecord(k, config.seed + k, config.epochs, 0.4, 0.8, val["val_loss"][k], val["val_accuracy"][k],
+                           0.5, 0.5, 1.0, val["val_macro_f1"][k], 0.5, 1)
+        return FinishedRun(record, {"loss": [0.4], "val_loss": [val["val_loss"][k]]}, model, plan)
+
+    return fake_run
+
+
+@pytest.mark.parametrize("select, chosen", [("val_loss", 0), ("val_accuracy", 1), ("val_macro_f1", 2)])
+def test_the_selection_metric_chooses_the_run_it_names(binary_pool, monkeypatch, select, chosen):
+    import toonvision.train
+
+    val = {"val_loss": (0.2, 0.3, 0.4), "val_accuracy": (0.8, 0.95, 0.9), "val_macro_f1": (0.6, 0.7, 0.9)}
+    layout, _ = binary_pool
+    monkeypatch.setattr(toonvision.train, "train_run", preset_runs(val))
+    result = train(layout, TrainConfig(task="binary", runs=3, select=select, **TINY))
+    out = layout.task_models("binary")
+    info = json.loads((out / BEST_INFO).read_text())
+    assert result.best.run == info["run"] == chosen and info["select"] == select
+    assert json.loads((out / TRAIN_INFO).read_text())["config"]["select"] == select
+    assert all((w == chosen + 1.0).all() for w in keras.saving.load_model(out / BEST_MODEL).get_weights())
+    rows = ledger(out / LEDGER)
+    assert [float(r["val_macro_f1"]) for r in rows] == [0.6, 0.7, 0.9] and "test_macro_f1" in rows[0]
+    with pytest.raises(UsageError, match="select="):  # a resume must keep the metric the runs were chosen by
+        other = next(m for m in ("val_loss", "val_accuracy") if m != select)
+        train(layout, TrainConfig(task="binary", runs=3, select=other, resume=True, **TINY))
+
+
+def test_the_test_split_is_drawn_once_and_resplit_test_draws_it_per_run(binary_pool, monkeypatch):
+    import toonvision.train
+    from toonvision.split import plan_test_split
+    from toonvision.tasks import get_task
+
+    layout, records = binary_pool
+    val = {"val_loss": (0.3, 0.2, 0.4), "val_accuracy": (0.9,) * 3, "val_macro_f1": (0.9,) * 3}
+    plans: list = []
+    monkeypatch.setattr(toonvision.train, "train_run", preset_runs(val, plans))
+    train(layout, TrainConfig(task="binary", runs=3, **TINY))
+    tests = [frozenset(a.crop for a in p.files("test")) for p in plans]
+    fixed = plan_test_split(records, get_task("binary"), (0.6, 0.2, 0.2), TINY["seed"])
+    assert tests == [fixed] * 3  # the same test crops for every run, drawn with the training seed
+    assert len({tuple(p.files("train")) for p in plans}) == 3  # train/validate re-split per run
+    info = json.loads((layout.task_models("binary") / BEST_INFO).read_text())
+    assert info["run"] == 1 and info["test_split"] == {"fixed": True, "seed": TINY["seed"]}
+    recorded = plan_from_dict(info["split"])  # best.json records the run's full split: evaluate scores its test
+    assert recorded.assignments == plans[1].assignments
+
+    plans.clear()
+    train(layout, TrainConfig(task="binary", runs=3, resplit_test=True, overwrite=True, **TINY))
+    assert len({frozenset(a.crop for a in p.files("test")) for p in plans}) == 3
+
+
+def test_class_weights_reach_keras_and_change_the_loss_through_each_class_s_samples_only(tmp_path, monkeypatch):
+    """With a frozen model (learning rate 0) the training loss is sum(w[y] * loss_i) / n over the train split."""
+    import dataclasses
+
+    import toonvision.train
+    from toonvision import datasets
+    from toonvision.split import plan_split
+    from toonvision.tasks import get_task
+    from toonvision.train import class_weights, probabilities, split_labels, train_run
+
+    layout, records = write_colour_pool(tmp_path / "img", {"cog_bb_a": 15, "toon_cat": 5})
+    real_build = toonvision.train.build_model
+
+    def frozen(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.optimizer.learning_rate.assign(0.0)
+        return model
+
+    monkeypatch.setattr(toonvision.train, "build_model", frozen)
+    config = TrainConfig(task="binary", dropout=0.0, **{**TINY, "batch_size": 64})  # one batch: the whole split
+    plan = plan_split(records, get_task("binary"), config.ratios, 5)
+    loss = {}
+    for mode in ("none", "balanced"):
+        finished = train_run(layout, dataclasses.replace(config, class_weight=mode), plan, 0, None)
+        loss[mode] = finished.history["loss"][0]
+    rare_only = {0: 1.0, 1: 3.0}  # toon is the rare class: weighted 3x, cog unchanged
+    monkeypatch.setattr(toonvision.train, "class_weights", lambda plan, mode: rare_only)
+    loss["rare"] = train_run(layout, config, plan, 0, None).history["loss"][0]
+
+    train_ds = datasets.from_plan(plan, layout.pool, "train", image_size=config.image_size, batch_size=64)
+    y = split_labels(plan, layout.pool, train_ds)
+    p = np.clip(probabilities(finished.model, train_ds)[:, 1], 1e-7, 1 - 1e-7)
+    per_crop = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    balanced = class_weights(plan, "balanced")
+    assert balanced[1] > 1.0 > balanced[0]
+    assert balanced[0] * (y == 0).sum() == pytest.approx(balanced[1] * (y == 1).sum())  # each class weighs alike
+    assert loss["none"] == pytest.approx(per_crop.mean(), rel=1e-4)
+    assert loss["balanced"] == pytest.approx((np.where(y == 1, balanced[1], balanced[0]) * per_crop).mean(), rel=1e-4)
+    # the rare-class-only weight changes the loss by exactly its crops' share: 2 * sum(rare losses) / n
+    assert loss["rare"] - loss["none"] == pytest.approx(2 * per_crop[y == 1].sum() / len(y), rel=1e-3)
+
+
+def test_the_best_epoch_is_kept_and_patience_stops_a_run_early():
+    from toonvision.train import best_epoch_callback
+
+    def fit(values, callback, epochs):
+        """Fit a tiny model with the validation metric of each epoch overwritten by ``values``."""
+        preset, snapshots = iter(values), []
+
+        class Preset(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logs["val_loss"] = next(preset)
+
+        class Snapshot(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                snapshots.append(self.model.get_weights())
+
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        x = np.random.default_rng(0).normal(size=(16, 2)).astype("float32")
+        history = model.fit(x, x[:, :1] * 3, validation_data=(x, x[:, :1]), epochs=epochs, verbose=0,
+                            callbacks=[Preset(), callback, Snapshot()])
+        return model, history.history, snapshots
+
+    def same(a, b):
+        return all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
+
+    # no early stop: epoch 1 (0.2) is restored at the end although the run went on
+    keeper = best_epoch_callback("val_loss")
+    model, history, snapshots = fit([0.5, 0.2, 0.9, 0.7], keeper, 4)
+    assert keeper.best_epoch == 1 and history["val_loss"] == [0.5, 0.2, 0.9, 0.7]
+    assert same(model.get_weights(), snapshots[1]) and not same(model.get_weights(), snapshots[3])
+    # patience 2: two epochs without a better value stop the run; the history stays complete up to there
+    keeper = best_epoch_callback("val_loss", patience=2)
+    model, history, snapshots = fit([0.5, 0.2, 0.9, 0.7, 0.1, 0.05], keeper, 6)
+    assert len(history["loss"]) == 4 and keeper.best_epoch == 1 and same(model.get_weights(), snapshots[1])
+    # macro-F1 (higher is better), evaluated by the callback and recorded in the history
+    scores = iter([0.3, 0.8, 0.6])
+    keeper = best_epoch_callback("val_macro_f1", macro_f1_of=lambda m: next(scores))
+    model, history, snapshots = fit([0.1, 0.9, 0.2], keeper, 3)
+    assert history["val_macro_f1"] == [0.3, 0.8, 0.6] and keeper.best_epoch == 1
+    assert same(model.get_weights(), snapshots[1])
+    # an equal macro-F1 with a lower validation loss is better (the tie-break of run selection)
+    scores = iter([0.5, 0.8, 0.8, 0.8])
+    keeper = best_epoch_callback("val_macro_f1", patience=2, macro_f1_of=lambda m: next(scores))
+    model, history, snapshots = fit([0.9, 0.6, 0.4, 0.5], keeper, 4)
+    assert keeper.best_epoch == 2 and len(history["loss"]) == 4 and same(model.get_weights(), snapshots[2])
+
+
+def test_the_ensemble_is_the_mean_of_its_members_and_loads_in_evaluate_and_predict(trained, tmp_path):
+    from toonvision.evaluate import evaluate
+    from toonvision.layout import ENSEMBLE_INFO, ENSEMBLE_MODEL
+    from toonvision.ledger import RUNS_DIR, rank_runs
+    from toonvision.predict import predict
+    from toonvision.split import plan_test_split
+    from toonvision.tasks import get_task
+
+    layout, records, result, _ = trained
+    out = layout.task_models("binary")
+    info = json.loads((out / ENSEMBLE_INFO).read_text())
+    top = [r.run for r in rank_runs(result.runs, result.select)[:2]]
+    assert info["members"] == top and info["model_sha256"] == file_sha256(out / ENSEMBLE_MODEL)
+    assert sorted(p.name for p in (out / RUNS_DIR).iterdir()) == sorted(f"run_{k}.keras" for k in top)
+    ensemble = keras.saving.load_model(out / ENSEMBLE_MODEL, compile=False, safe_mode=True)
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in ensemble.layers)
+    members = [keras.saving.load_model(out / RUNS_DIR / f"run_{k}.keras", compile=False) for k in top]
+    x = np.random.default_rng(1).uniform(0, 255, (5, 48, 44, 3)).astype("float32")
+    mean = np.mean([m.predict(x, verbose=0) for m in members], axis=0)
+    assert not np.allclose(members[0].predict(x, verbose=0), members[1].predict(x, verbose=0))
+    np.testing.assert_allclose(ensemble.predict(x, verbose=0), mean, atol=1e-6)
+
+    scored = evaluate(layout, out / ENSEMBLE_MODEL, out=tmp_path / "evaluation", plots=False)
+    fixed = plan_test_split(records, get_task("binary"), (0.6, 0.2, 0.2), TINY["seed"])
+    assert {Path(p.file).relative_to(layout.pool).as_posix() for p in scored.predictions} == fixed
+    assert scored.metrics.accuracy == pytest.approx(info["metrics"]["test"]["accuracy"])
+    assert scored.loss == pytest.approx(info["metrics"]["test"]["loss"], abs=1e-5)
+    best = json.loads((out / BEST_INFO).read_text())
+    assert best["ensemble"]["members"] == top and best["ensemble"]["test"] == info["metrics"]["test"]
+    crop = layout.pool / records[0].crop
+    predicted = predict(out / ENSEMBLE_MODEL, [crop]).predictions[0]
+    by_hand = np.mean([predict(out / RUNS_DIR / f"run_{k}.keras", [crop], classes="cog,toon").predictions[0]
+                       .probabilities for k in top], axis=0)
+    np.testing.assert_allclose(predicted.probabilities, by_hand, atol=1e-6)
+    assert "ensemble of runs" in result.summary()
+    from toonvision.explain import explain
+
+    explained = explain(out / ENSEMBLE_MODEL, [crop])  # Grad-CAM through a member nested in the ensemble
+    assert explained.layer.startswith(f"run_{top[-1]}/") and explained.out == out / "explain_ensemble"
+    np.testing.assert_allclose(explained.explanations[0].probabilities, predicted.probabilities, atol=1e-5)
+
+
+def test_tensorboard_logs_are_written_per_run(trained):
+    import tensorflow as tf
+
+    layout, _, _, _ = trained
+    board = layout.img_dir.parent / "tb"
+    assert sorted(p.name for p in board.iterdir()) == ["run_0", "run_1", "run_2"]
+    for k in range(3):
+        events = sorted((board / f"run_{k}").rglob("events.out.tfevents.*"))
+        assert events, f"no event file for run {k}"
+        tags = {v.tag for f in events for e in tf.compat.v1.train.summary_iterator(str(f)) for v in e.summary.value}
+        assert "epoch_loss" in tags and "epoch_accuracy" in tags
 
 
 def test_multiclass_training_uses_a_softmax_head_and_augmentation(tmp_path):

@@ -16,7 +16,9 @@ from typing import Any
 import click
 
 from toonvision.constants import (
+    CLASS_WEIGHT_MODES,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_CLASS_WEIGHT,
     DEFAULT_COMPARE_MODELS,
     DEFAULT_COMPARE_RUNS,
     DEFAULT_COMPARE_SEED,
@@ -24,9 +26,11 @@ from toonvision.constants import (
     DEFAULT_EVALUATION_SPLIT,
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MODEL,
+    DEFAULT_PATIENCE,
     DEFAULT_RATIOS,
     DEFAULT_RESIZE,
     DEFAULT_RUNS,
+    DEFAULT_SELECT,
     DEFAULT_SYNTH_COUNT,
     DEFAULT_SYNTH_SEED,
     DEFAULT_SYNTH_SIZE,
@@ -39,6 +43,7 @@ from toonvision.constants import (
     PREDICTION_FORMATS,
     RESIZE_MODES,
     default_image_size,
+    SELECT_METRICS,
     parse_hw,
 )
 from toonvision.demo import MIN_SCREENSHOTS, DemoConfig, run_demo
@@ -417,6 +422,24 @@ resize_option = click.option(
 batch_size_option = click.option(
     "--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
 )
+class_weight_option = click.option(
+    "--class-weight", type=click.Choice(CLASS_WEIGHT_MODES), default=DEFAULT_CLASS_WEIGHT, show_default=True,
+    help="balanced: weight each class by the inverse of its share of the run's train split (rare classes count "
+         "more); none: every crop alike.",
+)
+select_option = click.option(
+    "--select", type=click.Choice(SELECT_METRICS), default=DEFAULT_SELECT, show_default=True,
+    help="Validation metric that picks the run and, within each run, the epoch whose weights are kept.",
+)
+patience_option = click.option(
+    "--patience", type=click.IntRange(min=1), default=DEFAULT_PATIENCE, metavar="N",
+    help="Stop a run after N epochs without a better --select value (the best epoch is kept either way). "
+         + ("[default: never]" if DEFAULT_PATIENCE is None else f"[default: {DEFAULT_PATIENCE}]"),
+)
+resplit_test_option = click.option(
+    "--resplit-test", is_flag=True,
+    help="Re-split the test split per run too (default: one test split per training, the same crops for every run).",
+)
 weights_option = click.option(
     "--weights", default=DEFAULT_WEIGHTS, show_default=True, metavar="imagenet|none|PATH",
     help="mobilenetv2 only: ImageNet weights from Keras' cache (downloaded into it when missing), "
@@ -447,6 +470,14 @@ weights_option = click.option(
 @click.option("--overwrite", is_flag=True, help="Replace the training in models/<task>/.")
 @click.option("--mixed-precision", is_flag=True,
               help="Compute in float16 (float32 weights and head): faster on recent GPUs, slower on CPUs.")
+@class_weight_option
+@select_option
+@patience_option
+@resplit_test_option
+@click.option("--ensemble", type=click.IntRange(min=2), metavar="K",
+              help="Also save models/<task>/ensemble.keras: one model averaging the K best runs' probabilities.")
+@click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Write Keras' TensorBoard logs of run k to DIR/run_<k> (tensorboard --logdir DIR).")
 @no_group_option
 @min_per_class_option
 @config_option
@@ -455,6 +486,8 @@ weights_option = click.option(
 def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, seed: int | None,
           ratio: tuple[float, ...], image_size: HW | str, resize: str, batch_size: int, weights: str,
           fine_tune: bool, fine_tune_epochs: int, resume: bool, overwrite: bool, mixed_precision: bool,
+          class_weight: str, select: str, patience: int | None, resplit_test: bool, ensemble: int | None,
+          tensorboard: Path | None,
           no_group: bool, min_per_class: int | None, config: Path | None) -> None:
     """Train over repeated re-splits of the pool; keep the run best on validation in models/<task>/."""
     _quiet_tensorflow(ctx)
@@ -467,6 +500,8 @@ def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, see
         weights=None if weights.lower() == "none" else weights, task_config=find_config(config),
         resume=resume, overwrite=overwrite, verbose=ctx.verbose, mixed_precision=mixed_precision,
         fine_tune=fine_tune, fine_tune_epochs=fine_tune_epochs,
+        class_weight=class_weight, select=select, patience=patience, resplit_test=resplit_test,
+        ensemble=ensemble or 0, tensorboard=tensorboard,
     )
     result = stage.train(ctx.layout, options, progress=ctx.progress)
     if not ctx.quiet:
@@ -692,6 +727,10 @@ def _parse_models(ctx: click.Context, param: click.Parameter, values: tuple[str,
 @resize_option
 @batch_size_option
 @weights_option
+@class_weight_option
+@select_option
+@patience_option
+@resplit_test_option
 @no_group_option
 @min_per_class_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
@@ -700,7 +739,8 @@ def _parse_models(ctx: click.Context, param: click.Parameter, values: tuple[str,
 @pass_context
 @_reports_errors
 def compare(ctx: _Context, task_name: str, models: tuple[str, ...], runs: int, epochs: int, seed: int,
-            ratio: tuple[float, ...], image_size: HW | str, resize: str, batch_size: int, weights: str, no_group: bool,
+            ratio: tuple[float, ...], image_size: HW | str, resize: str, batch_size: int, weights: str,
+            class_weight: str, select: str, patience: int | None, resplit_test: bool, no_group: bool,
             min_per_class: int | None, out: Path | None, config: Path | None) -> None:
     """Train several models on the same re-splits; plot their curves and test metrics side by side."""
     _quiet_tensorflow(ctx)
@@ -711,7 +751,7 @@ def compare(ctx: _Context, task_name: str, models: tuple[str, ...], runs: int, e
         task=task_name, models=models, runs=runs, epochs=epochs, seed=seed, ratios=ratio,
         image_size=image_size, resize=resize, batch_size=batch_size, group=not no_group, min_per_class=min_per_class,
         weights=None if weights.lower() == "none" else weights, task_config=find_config(config),
-        verbose=ctx.verbose,
+        verbose=ctx.verbose, class_weight=class_weight, select=select, patience=patience, resplit_test=resplit_test,
     )
     result = stage.compare(ctx.layout, options, out=out, progress=ctx.progress)
     if not ctx.quiet:

@@ -1,9 +1,12 @@
 """Compare models over the same re-splits: run k of every model trains and tests on split k.
 
-    pool ──plan_split(seed + k)──▶ split k ──▶ run k of baseline, run k of optimized, ...
+    pool ──plan_split(seed + k, fixed_test)──▶ split k ──▶ run k of baseline, run k of optimized, ...
                                                   (fresh model, fresh optimizer, seed + k)
                                               ──▶ run k of reference: colour histograms + logistic
                                                   regression (toonvision.reference), no epochs
+
+The test split is drawn once (seed, grouped, stratified) and shared by every run of every model;
+only train/validate are re-split per run (``--resplit-test``: everything re-split per run).
     models/<task>/compare/                         (--out DIR)
     ├── compare.json          options, per-model statistics, every run's metrics and split
     ├── compare_runs.csv      model, run, seed, split, train/val/test loss and accuracy, val/test macro-F1,
@@ -37,16 +40,19 @@ from typing import Any
 
 import numpy as np
 
-from toonvision import cache, datasets, plots
+from toonvision import cache, plots
 from toonvision.constants import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_CLASS_WEIGHT,
     DEFAULT_COMPARE_MODELS,
     DEFAULT_COMPARE_RUNS,
     DEFAULT_COMPARE_SEED,
     DEFAULT_EPOCHS,
     DEFAULT_MODEL,
+    DEFAULT_PATIENCE,
     DEFAULT_RATIOS,
     DEFAULT_RESIZE,
+    DEFAULT_SELECT,
     DEFAULT_WEIGHTS,
     FOLDER_LOCK,
     IMAGE_SIZE_AUTO,
@@ -62,14 +68,12 @@ from toonvision.fsutil import (
 from toonvision.layout import Layout
 from toonvision.ledger import (
     LEDGER_COLUMNS,
-    FinishedRun,
     RunRecord,
     describe,
     make_folder,
 )
 from toonvision.locks import locked
 from toonvision.manifest import CropRecord, load_pool
-from toonvision.metrics import classification_metrics, decide
 from toonvision.models import get_model_spec
 from toonvision.progress import progress_bar
 from toonvision.reference import REFERENCE_MODEL, FeatureTable, reference_run
@@ -78,6 +82,7 @@ from toonvision.tasks import Task, get_task
 from toonvision.train import (
     TrainConfig,
     checked_image_size,
+    fixed_test_split,
     resolve_image_size,
     resolve_weights,
     train_run,
@@ -92,7 +97,6 @@ CURVES_PLOT = "compare_curves.png"
 BOXPLOT = "compare_boxplots.png"
 CURVE_KEYS = ("accuracy", "val_accuracy", "loss", "val_loss")
 _METRICS = ("test_accuracy", "test_loss", "test_macro_f1")
-MACRO_F1 = ("val_macro_f1", "test_macro_f1")  # compare's columns beyond the ledger's (if it lacks them)
 NOT_APPLICABLE = "n/a"  # the reference's epochs in compare_runs.csv
 RESULT_FILES = (COMPARE_JSON, COMPARE_CSV, COMPARE_HISTORIES, CURVES_PLOT, BOXPLOT)
 
@@ -115,6 +119,10 @@ class CompareConfig:
     weights: str | None = DEFAULT_WEIGHTS  # mobilenetv2 only
     task_config: Path | None = None
     verbose: bool = False
+    class_weight: str = DEFAULT_CLASS_WEIGHT
+    select: str = DEFAULT_SELECT  # the epoch each run keeps
+    patience: int | None = DEFAULT_PATIENCE
+    resplit_test: bool = False
 
     def __post_init__(self) -> None:
         models = tuple(self.models)
@@ -139,7 +147,8 @@ class CompareConfig:
             task=self.task, model=model, runs=self.runs, epochs=self.epochs, seed=self.seed,
             ratios=tuple(self.ratios), image_size=self.image_size, resize=self.resize, batch_size=self.batch_size,
             group=self.group, min_per_class=self.min_per_class, weights=self.weights,
-            task_config=self.task_config, verbose=self.verbose,
+            task_config=self.task_config, verbose=self.verbose, class_weight=self.class_weight,
+            select=self.select, patience=self.patience, resplit_test=self.resplit_test,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,26 +159,23 @@ class CompareConfig:
                            else [int(v) for v in self.image_size]),
             "resize": self.resize, "batch_size": self.batch_size,
             "group": self.group, "min_per_class": self.min_per_class, "weights": self.weights,
+            "class_weight": self.class_weight, "select": self.select, "patience": self.patience,
+            "resplit_test": self.resplit_test,
         }
 
 
 @dataclass(frozen=True)
 class ComparedRun:
-    """Run k of one model: its metrics, its per-epoch history, and a digest of the split it used.
-
-    ``scores`` holds the validation and test macro-F1 (``MACRO_F1``) where the record does not.
-    """
+    """Run k of one model: its metrics, its per-epoch history, and a digest of the split it used."""
 
     model: str
     split: str
     record: RunRecord
     history: Mapping[str, Sequence[float | None]] = field(repr=False, compare=False)
-    scores: Mapping[str, float | None] = field(default_factory=dict, compare=False)
 
-    def metric(self, name: str) -> float | None:
-        """A metric of the run: a field of the record, or one of ``scores``; None if unknown."""
-        value = getattr(self.record, name, None)
-        return self.scores.get(name) if value is None else float(value)
+    def metric(self, name: str) -> float:
+        """A metric of the run's record (``test_macro_f1``, ``val_loss``...)."""
+        return float(getattr(self.record, name))
 
 @dataclass(frozen=True)
 class CompareResult:
@@ -256,12 +262,13 @@ def compare(layout: Layout, config: CompareConfig, out: Path | None = None, prog
     runs: list[ComparedRun] = []
     classes: tuple[str, ...] = ()
     table = FeatureTable(config.resize)
+    fixed_test = fixed_test_split(records, task, config.train_config(DEFAULT_MODEL))  # one for every model and run
     with locked(out.with_name(f".{out.name}{FOLDER_LOCK}"), str(out)):  # beside out: out itself is swapped
         bar = progress_bar(progress, config.runs * len(config.models), f"compare {config.task}", "run")
         try:
             for k in range(config.runs):
                 plan = plan_split(records, task, tuple(config.ratios), config.seed + k,
-                                  group=config.group, min_per_class=config.min_per_class)
+                                  group=config.group, min_per_class=config.min_per_class, fixed_test=fixed_test)
                 if not classes:
                     classes = tuple(plan.classes)
                     if len(classes) < 2:
@@ -270,13 +277,11 @@ def compare(layout: Layout, config: CompareConfig, out: Path | None = None, prog
                 for model in config.models:
                     if model == REFERENCE_MODEL:
                         crops = _crops(layout, plan, tuple(config.image_size))
-                        record, scores = reference_run(plan, layout.pool, k, config.seed + k, crops, table)
-                        runs.append(ComparedRun(model, digest, record, {}, {
-                            "val_macro_f1": scores["validate"].macro_f1, "test_macro_f1": scores["test"].macro_f1}))
+                        record, _scores = reference_run(plan, layout.pool, k, config.seed + k, crops, table)
+                        runs.append(ComparedRun(model, digest, record, {}))
                     else:
                         finished = train_run(layout, configs[model], plan, k, weights[model])
-                        runs.append(ComparedRun(model, digest, finished.record, finished.history,
-                                                _network_macro_f1(layout, configs[model], finished)))
+                        runs.append(ComparedRun(model, digest, finished.record, finished.history))
                         del finished  # compare keeps no model
                     bar.set_postfix_str(f"run {k} {model}: test accuracy {runs[-1].record.test_accuracy:.3f}")
                     bar.update(1)
@@ -300,29 +305,6 @@ def _crops(layout: Layout, plan: SplitPlan, size: tuple[int, int], budget: int |
     """The decoded crops of ``plan``: the same process-wide cache the networks' runs use."""
     paths = [str(layout.pool / a.crop) for a in plan.assignments]
     return cache.crop_cache(layout.cache, paths, budget, size)
-
-
-def _network_macro_f1(layout: Layout, config: TrainConfig, finished: FinishedRun) -> dict[str, float | None]:
-    """Validation and test macro-F1 of a trained network, predicted on its run's splits.
-
-    Skipped (the record's own values are used) where the ledger's RunRecord has the columns.
-    """
-    if all(hasattr(finished.record, name) for name in MACRO_F1) or isinstance(finished.model, bytes):
-        return {}
-    plan, classes = finished.plan, list(finished.plan.classes)
-    crops = _crops(layout, plan, config.size, config.cache_budget)
-    scores: dict[str, float | None] = {}
-    for split, name in (("validate", "val_macro_f1"), ("test", "test_macro_f1")):
-        dataset = datasets.from_plan(plan, layout.pool, split, image_size=config.size, batch_size=config.batch_size,
-                                     cache=crops, resize=config.resize)
-        truth, predicted = [], []
-        for images, labels in dataset:
-            raw = np.asarray(finished.model.predict_on_batch(images), np.float32).reshape(len(labels), -1)
-            indices, _ = decide(np.concatenate([1.0 - raw, raw], axis=1) if raw.shape[1] == 1 else raw)
-            predicted.extend(int(i) for i in indices)
-            truth.extend(int(v) for v in np.asarray(labels).reshape(-1))
-        scores[name] = float(classification_metrics(truth, predicted, classes).macro.f1)
-    return scores
 
 
 def write_comparison(result: CompareResult, out: Path) -> list[Path]:
@@ -396,23 +378,21 @@ def _json_safe(value: Any) -> Any:
 
 
 def _record_dict(run: ComparedRun) -> dict[str, Any]:
-    values = {**asdict(run.record), **{name: run.metric(name) for name in MACRO_F1}}
+    values = asdict(run.record)
     if run.model == REFERENCE_MODEL:
         values["epochs"] = None  # the reference has no epochs
     return values
 
 
 def _runs_csv(runs: Sequence[ComparedRun]) -> str:
-    extra = [name for name in MACRO_F1 if name not in LEDGER_COLUMNS]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model", "split", *((*LEDGER_COLUMNS, *extra) if runs else ())])
+    writer.writerow(["model", "split", *(LEDGER_COLUMNS if runs else ())])
     for r in runs:
         row = dict(zip(LEDGER_COLUMNS, r.record.to_row(), strict=True))
         if r.model == REFERENCE_MODEL:
             row["epochs"] = NOT_APPLICABLE
-        scores = [r.metric(name) for name in extra]
-        writer.writerow([r.model, r.split, *row.values(), *("" if v is None else repr(float(v)) for v in scores)])
+        writer.writerow([r.model, r.split, *row.values()])
     return buffer.getvalue()
 
 

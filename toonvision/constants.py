@@ -72,6 +72,13 @@ def default_image_size(task: str) -> HW | str:
     return IMAGE_SIZE_AUTO if task in AUTO_SIZE_TASKS else DEFAULT_IMAGE_SIZE
 
 
+# Imbalance and selection (toonvision.train, toonvision.compare), chosen by measurement (README)
+CLASS_WEIGHT_MODES = ("balanced", "none")  # inverse-frequency class weights on the run's train split, or none
+DEFAULT_CLASS_WEIGHT = "balanced"
+SELECT_METRICS = ("val_loss", "val_macro_f1", "val_accuracy")  # --select: validation metrics that choose
+DEFAULT_SELECT = "val_macro_f1"  # the validation metric that picks the run and, within it, the epoch
+DEFAULT_PATIENCE: int | None = 5  # epochs without a better validation metric before a run stops (None: never)
+
 # Comparing models (toonvision.compare)
 DEFAULT_COMPARE_MODELS = ("baseline", "optimized")
 DEFAULT_COMPARE_RUNS = 5

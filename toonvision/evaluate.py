@@ -52,7 +52,7 @@ from toonvision.errors import (
 )
 from toonvision.fsutil import atomic_write_text, remove_stale_temp_files
 from toonvision.labels import shown_class
-from toonvision.layout import BEST_INFO, SPLITS, Layout, evaluation_dir_name
+from toonvision.layout import BEST_INFO, ENSEMBLE_MODEL, SPLITS, Layout, evaluation_dir_name
 from toonvision.locks import locked
 from toonvision.metrics import (
     Metrics,
@@ -156,7 +156,10 @@ def evaluate(
         model = layout.task_models(task)
     loaded = open_model(model, classes, unsafe)
     info = loaded.info
-    out = Path(out) if out is not None else info.path.parent / evaluation_dir_name(split)
+    if out is None:  # an ensemble beside best.keras gets a folder of its own, not best's evaluation
+        suffix = "_ensemble" if info.path.name == ENSEMBLE_MODEL else ""
+        out = info.path.parent / f"{evaluation_dir_name(split)}{suffix}"
+    out = Path(out)
     with locked(out / FOLDER_LOCK, str(out)):  # a second evaluation into ``out`` is told at once
         return _score(layout, loaded, task, split, batch_size, out, worst, plots)
 
@@ -229,6 +232,13 @@ def _dataset_from_record(layout: Layout, info: ModelInfo, split: str, batch_size
     dataset = datasets.from_plan(plan, layout.pool, split, image_size=info.image_size, batch_size=batch_size,
                                  resize=info.resize)
     run = info.record.get("run")
+    members = info.record.get("members")
+    if isinstance(members, list):  # an ensemble.json: its members share only the (fixed) test split
+        if split != "test":
+            logger.warning("%s averages runs %s, each trained on its own part of the %s split: only the test "
+                           "split is unseen by all of them", info.path, ", ".join(map(str, members)), split)
+        return dataset, f"the fixed test split of the ensemble of runs {', '.join(map(str, members))}, from " \
+                        f"{info.path.with_suffix('.json').name}"
     return dataset, f"the split of training run {run} (seed {plan.seed}) from best.json"
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from toonvision import plots
 from toonvision.decode import content_box, model_input
 from toonvision.errors import ImageError, UsageError
-from toonvision.layout import EXPLAIN_DIR
+from toonvision.layout import ENSEMBLE_MODEL, EXPLAIN_DIR
 from toonvision.metrics import decide
 from toonvision.modelfile import LoadedModel, open_model
 from toonvision.predict import InputImage, collect_inputs
@@ -207,14 +207,30 @@ def feature_function(model: keras.Model, path: Sequence[str]) -> FeatureFunction
     node = outer[0]
     inner = feature_function(layer, path[1:])
     before = None if node.input_tensors[0] is inputs else keras.Model(inputs, node.input_tensors[0])
-    after = None if node.output_tensors[0] is outputs else keras.Model(node.output_tensors[0], outputs)
+    after = None if node.output_tensors[0] is outputs else _after(inputs, node.output_tensors[0], outputs)
 
     def run(x):
         h = x if before is None else before(x, training=False)
         features, nested_out = inner(h)
-        return features, (nested_out if after is None else after(nested_out, training=False))
+        return features, (nested_out if after is None else after(x, nested_out))
 
     return run
+
+
+def _after(inputs: object, nested: object, outputs: object) -> Callable[[object, object], object]:
+    """The graph from a nested model's output to the model's output, as a function of (images, that output).
+
+    When the output also depends on the images through other branches (an ensemble averaging
+    its members), those branches are computed from the images; the nested output is taken as given.
+    """
+    import keras
+
+    try:
+        tail = keras.Model(nested, outputs)
+        return lambda x, h: tail(h, training=False)
+    except ValueError:  # the output needs more than the nested model's output
+        both = keras.Model([inputs, nested], outputs)
+        return lambda x, h: both([x, h], training=False)
 
 
 def _reaches(output: object, tensor: object) -> bool:
@@ -358,7 +374,8 @@ def explain(
     inputs, problems = collect_inputs(paths)
     loaded = open_model(model, classes, unsafe)
     path = find_layer(loaded.model, layer) if layer else find_conv_layer(loaded.model)
-    out = Path(out) if out is not None else loaded.info.path.parent / EXPLAIN_DIR
+    suffix = "_ensemble" if loaded.info.path.name == ENSEMBLE_MODEL else ""  # not over best.keras' overlays
+    out = Path(out) if out is not None else loaded.info.path.parent / f"{EXPLAIN_DIR}{suffix}"
     used: set[str] = set()
     explanations = []
     for item in inputs:

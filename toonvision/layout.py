@@ -6,7 +6,7 @@
     ├── unsorted/          the crop pool: <group>/<label>_<index>.png + manifest.csv
     ├── data/<task>/       splits: {train,validate,test}/<class>/ + split.csv
     └── reports/<task>/    balance-report tables and figures (reports/pool/ without a task)
-    models/<task>/         best.keras, best.json, runs.csv, histories.jsonl, plots
+    models/<task>/         best.keras, best.json, runs.csv, histories.jsonl, plots, ensemble.keras/.json
     ├── evaluation/        evaluate on the test split (evaluation_<split>/ for the others)
     └── compare/           compare's runs, statistics and figures
 """
@@ -23,6 +23,8 @@ DEFAULT_IMG_DIR = "img"
 DEFAULT_MODELS_DIR = "models"
 BEST_MODEL = "best.keras"  # the chosen run's model in models/<task>/
 BEST_INFO = "best.json"  # its classes, image size, split and metrics, beside it
+ENSEMBLE_MODEL = "ensemble.keras"  # train --ensemble K: the mean of the K best runs' outputs, one model
+ENSEMBLE_INFO = "ensemble.json"  # its classes, members, the fixed test split and its metrics (best.json's format)
 EVALUATION_DIR = "evaluation"
 COMPARE_DIR = "compare"
 EXPLAIN_DIR = "explain"

@@ -10,13 +10,16 @@ commits them, one at a time and in order, into the task's model folder::
     ├── histories.jsonl   per-epoch history of each committed run
     ├── best.keras        the model of the best run by :func:`choose_best` (validation only)
     ├── best.json         what is needed to use best.keras and rebuild its split; names its sha256
+    ├── runs/run_<k>.keras  with an ensemble of K: the models of the K best runs so far, no others
     └── .work/            candidate.keras + candidate.json: a better run's model, before promotion
 
 Crash safety: a better run's model and best.json are first written under .work/, then
 histories.jsonl and runs.csv are replaced atomically (the commit), and only then are the two
 files renamed over best.keras and best.json. A kill -9 at any moment loses at most the run being
 committed; a resume finishes a promotion the kill cut in half, or drops a candidate whose run
-never committed.
+never committed. A member model (runs/) is written atomically before its run commits, and the
+members that fell out of the K best are deleted after it; a resume deletes whatever a kill left
+between the two, so runs/ always ends up holding exactly the K best committed runs.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from toonvision.constants import FOLDER_LOCK
+from toonvision.constants import FOLDER_LOCK, SELECT_METRICS
 from toonvision.errors import TrainingError, UsageError
 from toonvision.fsutil import atomic_write_text, file_sha256, remove_stale_temp_files
 from toonvision.layout import BEST_INFO, BEST_MODEL
@@ -55,15 +58,25 @@ TRAIN_INFO = "train.json"
 WORK = ".work"
 _CANDIDATE_MODEL = "candidate.keras"
 _CANDIDATE_INFO = "candidate.json"
+_MEMBER_MODEL = "member.keras"
+RUNS_DIR = "runs"  # the member models of an ensemble: runs/run_<k>.keras
 _PROTECTED = (BEST_MODEL, BEST_INFO, LEDGER)  # what a new training must not replace silently
 _LEDGER_FILES = (LEDGER, HISTORIES, TRAIN_INFO)  # removed when a training starts again
 # Options added after train.json files were first written, with the value those trainings used.
-_OLDER_DEFAULTS = {"mixed_precision": False, "resize": "stretch"}
+_OLDER_DEFAULTS = {"mixed_precision": False, "resize": "stretch", "fine_tune": 0}
+# Options whose absence means a training by a toonvision that kept the last epoch and re-split the
+# test split per run: its runs are not comparable with new ones, so a resume is refused outright.
+_SELECTION_KEYS = ("select", "class_weight", "patience", "resplit_test")
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One finished run: a row of runs.csv. Train metrics are the last epoch's, as fit reports them."""
+    """One finished run: a row of runs.csv, with the metrics of the epoch it kept (``best_epoch``, from 1).
+
+    Train, validation loss and accuracy are that epoch's, as fit reports them; macro-F1 comes from
+    predictions on the clean validation and test sets. A runs.csv from before the macro-F1 and
+    epoch columns reads them as NaN and 0 (unknown).
+    """
 
     run: int
     seed: int
@@ -75,6 +88,9 @@ class RunRecord:
     test_loss: float
     test_accuracy: float
     seconds: float
+    val_macro_f1: float = math.nan
+    test_macro_f1: float = math.nan
+    best_epoch: int = 0
 
     def to_row(self) -> list[str]:
         return [repr(v) if isinstance(v, float) else str(v) for v in (getattr(self, f.name) for f in fields(self))]
@@ -83,29 +99,59 @@ class RunRecord:
     def from_row(cls, row: Mapping[str, str]) -> RunRecord:
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name not in row and f.name in _LATER_COLUMNS:
+                continue  # an older runs.csv: the field's default says "unknown"
             raw = row[f.name]
             values[f.name] = int(raw) if f.type == "int" else float(raw)
         return cls(**values)
 
+    def metric(self, name: str) -> float:
+        """A selection metric of this run (one of SELECT_METRICS)."""
+        return float(getattr(self, name))
+
 
 LEDGER_COLUMNS = tuple(f.name for f in fields(RunRecord))
+_LATER_COLUMNS = ("val_macro_f1", "test_macro_f1", "best_epoch")
 
 
-def choose_best(runs: Sequence[RunRecord]) -> RunRecord:
-    """The run with the lowest validation loss; ties by higher validation accuracy, then earlier run.
+def check_select(select: str) -> str:
+    """``select`` if it is a selection metric; a UsageError naming the choices otherwise."""
+    if select not in SELECT_METRICS:
+        raise UsageError(f"--select must be one of {', '.join(SELECT_METRICS)}, got {select!r}")
+    return select
 
-    Test metrics are deliberately ignored: choosing on test would make the reported test
-    score an optimistic, selected-on number. A run whose validation loss is NaN ranks last.
+
+def higher_is_better(select: str) -> bool:
+    """Whether a larger value of the selection metric is better (accuracy, macro-F1) or worse (loss)."""
+    return check_select(select) != "val_loss"
+
+
+def rank_runs(runs: Sequence[RunRecord], select: str = "val_loss") -> list[RunRecord]:
+    """The runs best first by the validation metric ``select``.
+
+    Ties: lowest validation loss, then highest validation accuracy, then the earlier run. Test
+    metrics are deliberately ignored: choosing on test would make the reported test score an
+    optimistic, selected-on number. A run whose metric is NaN ranks last.
     """
+    check_select(select)
+
+    def finite(value: float, worst: float) -> float:
+        return value if math.isfinite(value) else worst
+
+    def key(r: RunRecord) -> tuple[float, float, float, int]:
+        loss = finite(r.val_loss, math.inf)
+        accuracy = finite(r.val_accuracy, -math.inf)
+        main = loss if select == "val_loss" else -finite(r.metric(select), -math.inf)
+        return (main, loss, -accuracy, r.run)
+
+    return sorted(runs, key=key)
+
+
+def choose_best(runs: Sequence[RunRecord], select: str = "val_loss") -> RunRecord:
+    """The best run by the validation metric ``select`` (see :func:`rank_runs` for ties)."""
     if not runs:
         raise ValueError("choose_best needs at least one run")
-
-    def key(r: RunRecord) -> tuple[float, float, int]:
-        loss = r.val_loss if math.isfinite(r.val_loss) else math.inf
-        accuracy = r.val_accuracy if math.isfinite(r.val_accuracy) else -math.inf
-        return (loss, -accuracy, r.run)
-
-    return min(runs, key=key)
+    return rank_runs(runs, select)[0]
 
 
 def describe(values: Sequence[float | None]) -> dict[str, float]:
@@ -163,26 +209,38 @@ def recorded_config(out: Path) -> dict[str, Any]:
 class Ledger:
     """models/<task>/: the runs so far, their histories, and the best model, crash-safe."""
 
-    def __init__(self, out: Path, runs: list[RunRecord], histories: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, out: Path, runs: list[RunRecord], histories: list[dict[str, Any]], select: str = "val_loss",
+        keep: int = 0,
+    ) -> None:
         self.out = out
         self._runs = runs
         self._histories = histories
+        self.select = check_select(select)
+        self.keep = keep  # the K of an ensemble: member models kept in runs/ (0: none)
 
     @classmethod
     @contextlib.contextmanager
     def open(
         cls, out: Path, identity: Mapping[str, Any], pool: str, classes: Sequence[str], *,
-        resume: bool = False, overwrite: bool = False, derived: Sequence[str] = (),
+        resume: bool = False, overwrite: bool = False, derived: Sequence[str] = (), select: str = "val_loss",
+        keep: int = 0,
     ) -> Iterator[Ledger]:
         """Hold ``out``'s lock and start a new ledger, or continue one with ``resume``.
 
         ``identity`` is the options a resume must match (JSON-ready), ``pool`` a fingerprint of
         the crops the runs split, and ``derived`` the other files of a training (plots), removed
         when it starts again. An existing training is never replaced without ``overwrite``.
-        When the block ends normally, .work/ is removed.
+        ``select`` is the validation metric that ranks runs; with ``keep`` K >= 2 the models of the
+        K best runs stay in runs/. When the block ends normally, .work/ is removed.
         """
+        check_select(select)
         with locked(out / FOLDER_LOCK, str(out)):
             ledger = cls._start(out, identity, pool, classes, resume, overwrite, derived)
+            ledger.select, ledger.keep = select, keep
+            if resume:
+                ledger._recover_promotion()
+                ledger._prune_members()
             yield ledger
             shutil.rmtree(out / WORK, ignore_errors=True)
 
@@ -203,7 +261,6 @@ class Ledger:
             _check_same_training(out, _read_json(out / TRAIN_INFO), info)
             runs = _read_ledger(out / LEDGER)
             ledger = cls(out, runs, _read_histories(out / HISTORIES, {r.run for r in runs}))
-            ledger._recover_promotion()
             logger.info("%s: resuming after %d finished run(s)", out, len(runs))
             return ledger
         if resume and existing:
@@ -215,6 +272,7 @@ class Ledger:
         for name in (*_LEDGER_FILES, *derived):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / WORK, ignore_errors=True)
+        shutil.rmtree(out / RUNS_DIR, ignore_errors=True)
         atomic_write_text(out / TRAIN_INFO, json.dumps(info, indent=2) + "\n")
         return cls(out, [], [])
 
@@ -235,8 +293,22 @@ class Ledger:
 
     @property
     def best(self) -> RunRecord | None:
-        """The best committed run by :func:`choose_best`; None before the first commit."""
-        return choose_best(self._runs) if self._runs else None
+        """The best committed run by :func:`choose_best` on ``select``; None before the first commit."""
+        return choose_best(self._runs, self.select) if self._runs else None
+
+    @property
+    def ranked(self) -> list[RunRecord]:
+        """The committed runs, best first by ``select``."""
+        return rank_runs(self._runs, self.select)
+
+    def member_path(self, run: int) -> Path:
+        """Where the model of run ``run`` is kept while it is among the ``keep`` best: runs/run_<k>.keras."""
+        return self.out / RUNS_DIR / f"run_{run}.keras"
+
+    @property
+    def members(self) -> list[RunRecord]:
+        """The runs whose models runs/ keeps: the ``keep`` best committed runs, best first."""
+        return self.ranked[: self.keep] if self.keep >= 2 else []
 
     def best_info(self) -> dict[str, Any]:
         """best.json as it is on disk."""
@@ -255,8 +327,13 @@ class Ledger:
         if info.get("run") != record.run:  # a resume matches a cut promotion to its run by this
             raise ValueError(f"best.json of run {record.run} names run {info.get('run')!r}")
         runs = [*self._runs, record]
-        is_best = choose_best(runs) is record
+        is_best = choose_best(runs, self.select) is record
         work = self.out / WORK
+        if self.keep >= 2 and record in rank_runs(runs, self.select)[: self.keep]:
+            work.mkdir(exist_ok=True)
+            save_model(run.model, work / _MEMBER_MODEL)
+            self.member_path(record.run).parent.mkdir(exist_ok=True)
+            os.replace(work / _MEMBER_MODEL, self.member_path(record.run))
         if is_best:
             work.mkdir(exist_ok=True)
             save_model(run.model, work / _CANDIDATE_MODEL)
@@ -268,7 +345,18 @@ class Ledger:
         self._runs, self._histories = runs, histories
         if is_best:
             self._promote()
+        self._prune_members()
         return is_best
+
+    def _prune_members(self) -> None:
+        """Delete the member models of runs that are not (or no longer) among the ``keep`` best."""
+        folder = self.out / RUNS_DIR
+        if not folder.is_dir():
+            return
+        wanted = {self.member_path(r.run).name for r in self.members}
+        for path in folder.iterdir():
+            if path.name not in wanted:
+                path.unlink(missing_ok=True)
 
     def _promote(self) -> None:
         work = self.out / WORK
@@ -281,7 +369,7 @@ class Ledger:
         candidate = self.out / WORK / _CANDIDATE_INFO
         if candidate.exists() and self._runs:
             run = _read_json(candidate).get("run")
-            if run == choose_best(self._runs).run and run in {r.run for r in self._runs}:
+            if run == choose_best(self._runs, self.select).run and run in {r.run for r in self._runs}:
                 logger.warning("%s: finishing the promotion of run %s interrupted by a kill", self.out, run)
                 self._promote()
         shutil.rmtree(self.out / WORK, ignore_errors=True)
@@ -289,6 +377,12 @@ class Ledger:
 
 def _check_same_training(out: Path, previous: Mapping[str, Any], current: Mapping[str, Any]) -> None:
     old, new = {**_OLDER_DEFAULTS, **previous.get("config", {})}, current["config"]
+    if any(key in new for key in _SELECTION_KEYS) and not any(key in old for key in _SELECTION_KEYS):
+        raise UsageError(
+            f"{out} was trained by an older toonvision that kept each run's last epoch and re-split the test "
+            "split per run, so its runs cannot be continued or compared with new ones; pass --overwrite to "
+            "start again"
+        )
     differ = [f"{key}={old.get(key)!r} (now {value!r})" for key, value in new.items() if old.get(key) != value]
     if differ:
         raise UsageError(
@@ -360,6 +454,7 @@ def save_model(model: keras.Model | bytes, path: Path) -> None:
 
 
 __all__ = [
-    "HISTORIES", "LEDGER", "LEDGER_COLUMNS", "TRAIN_INFO", "WORK", "FinishedRun",
-    "Ledger", "RunRecord", "choose_best", "describe", "make_folder", "recorded_config", "save_model",
+    "HISTORIES", "LEDGER", "LEDGER_COLUMNS", "RUNS_DIR", "SELECT_METRICS", "TRAIN_INFO", "WORK", "FinishedRun",
+    "Ledger", "RunRecord", "check_select", "choose_best", "describe", "higher_is_better", "make_folder",
+    "rank_runs", "recorded_config", "save_model",
 ]

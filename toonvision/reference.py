@@ -140,7 +140,7 @@ def reference_run(
 ) -> tuple[RunRecord, Mapping[str, Scores]]:
     """Fit the reference on the train split of ``plan`` (run ``k``, ``seed``) and score every split.
 
-    The record has the ledger's columns (``epochs`` 0: the model has none); the scores add macro-F1.
+    The record has the ledger's columns (``epochs`` 0: the model has none), macro-F1 included.
     """
     start = time.perf_counter()
     classes = list(plan.classes)
@@ -157,6 +157,7 @@ def reference_run(
         val_loss=scores["validate"].loss, val_accuracy=scores["validate"].accuracy,
         test_loss=scores["test"].loss, test_accuracy=scores["test"].accuracy,
         seconds=round(time.perf_counter() - start, 3),
+        val_macro_f1=scores["validate"].macro_f1, test_macro_f1=scores["test"].macro_f1,
     )
     logger.info("reference run %d (seed %d): val macro-F1 %.4f, test macro-F1 %.4f", k, seed,
                 scores["validate"].macro_f1, scores["test"].macro_f1)

@@ -7,6 +7,12 @@
 
 Counts come from the manifest rows whose crop files are still in the pool (the same crops
 ``split`` uses); split counts from the task's ``split.csv`` when the task has been split.
+
+Imbalance: a task is called imbalanced when its largest class has at least ``IMBALANCE_RATIO``
+(3) times the crops of its smallest (a share threshold would flag every task of many equal
+classes). The report then says what ``train`` does about it: the class weights of
+``--class-weight balanced`` (n / (classes * n_c), here on the whole task; training computes them
+on each run's train split) and the selection metric that reads every class alike.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from toonvision import plots
-from toonvision.constants import DEFAULT_IMAGE_SIZE
+from toonvision.constants import DEFAULT_CLASS_WEIGHT, DEFAULT_IMAGE_SIZE, DEFAULT_SELECT
 from toonvision.errors import SplitError, UsageError
 from toonvision.fsutil import atomic_write_text
 from toonvision.layout import Layout
@@ -32,6 +38,7 @@ logger = logging.getLogger(__name__)
 BALANCE_JSON = "balance.json"
 # A crop smaller than half the model input on a side is upscaled more than 2x: it lost detail.
 SMALL_CROP = (DEFAULT_IMAGE_SIZE.width // 2, DEFAULT_IMAGE_SIZE.height // 2)  # width, height in pixels
+IMBALANCE_RATIO = 3.0  # largest class / smallest class at or above which a task is imbalanced
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,42 @@ class BalanceReport:
         return sum(row.count for row in self.labels)
 
     @property
+    def imbalance_ratio(self) -> float | None:
+        """Crops of the task's largest class per crop of its smallest; None without a task."""
+        counts = [row.count for row in self.classes if row.count > 0]
+        return max(counts) / min(counts) if len(counts) >= 2 else None
+
+    @property
+    def imbalanced(self) -> bool:
+        """Whether the largest class has at least IMBALANCE_RATIO times the crops of the smallest."""
+        ratio = self.imbalance_ratio
+        return ratio is not None and ratio >= IMBALANCE_RATIO
+
+    def class_weights(self) -> dict[str, float]:
+        """The weights ``--class-weight balanced`` gives each class, n / (classes * n_c), on the whole task."""
+        total = sum(row.count for row in self.classes)
+        return {row.name: total / (len(self.classes) * row.count) for row in self.classes if row.count > 0}
+
+    def imbalance_note(self) -> str | None:
+        """What the imbalance is and what training does about it (None without a task)."""
+        ratio = self.imbalance_ratio
+        if ratio is None:
+            return None
+        largest = max(self.classes, key=lambda r: r.count)
+        smallest = min(self.classes, key=lambda r: r.count)
+        head = (f"imbalance: {largest.display} has {ratio:.1f}x the crops of {smallest.display} "
+                f"({smallest.share:.1%} of the task); ")
+        if not self.imbalanced:
+            return head + f"balanced enough (imbalanced from {IMBALANCE_RATIO:g}x)"
+        weights = ", ".join(f"{name} {w:.2f}" for name, w in self.class_weights().items())
+        doing = (f"train weighs each class's crops by n / (classes x n_c) on its train split (about: {weights})"
+                 if DEFAULT_CLASS_WEIGHT == "balanced" else
+                 f"pass `train --class-weight balanced` to weigh each class by n / (classes x n_c) ({weights})")
+        return (head + f"IMBALANCED (>= {IMBALANCE_RATIO:g}x): accuracy alone hides a weak rare class. {doing}; "
+                f"runs and epochs are chosen on {DEFAULT_SELECT} (`--select val_macro_f1` reads every class "
+                "alike); judge the model by macro-F1 and the rare class's F1 in `toonvision evaluate`")
+
+    @property
     def small_count(self) -> int:
         """Crops narrower or shorter than ``small_crop``."""
         w, h = self.small_crop
@@ -85,6 +128,9 @@ class BalanceReport:
                          + (f", split with seed {self.split_seed}" if self.split_names else ", not split yet"))
             lines += _table("class", self.classes, self.split_names, with_class=False)
             lines.append(f"deficit: crops short of {self.class_target} per class")
+            note = self.imbalance_note()
+            if note:
+                lines.append(note)
         if self.widths:
             w, h = self.small_crop
             small = self.small_count
@@ -101,6 +147,10 @@ class BalanceReport:
         data = asdict(self)
         data["total"] = self.total
         data["small_count"] = self.small_count
+        data["imbalance"] = None if self.imbalance_ratio is None else {
+            "ratio": self.imbalance_ratio, "threshold": IMBALANCE_RATIO, "imbalanced": self.imbalanced,
+            "class_weights": self.class_weights(), "note": self.imbalance_note(),
+        }
         return data
 
 

@@ -12,6 +12,11 @@ its own seeded generators) so that training can re-split the pool once per run; 
 turns a plan into folders beside the old ones and swaps them in, so a kill leaves the old split or
 the new one, never a mix.
 
+A fixed test split (training's default): :func:`plan_test_split` draws the test split once (the
+test part of an ordinary plan for the training seed); ``plan_split(..., fixed_test=...)`` then puts
+exactly those crops in test and re-splits only the rest into train/validate, so every run, model
+and re-split is scored on the same crops and none of them ever trains on one.
+
 Stratification: each class is divided by the ratios with largest-remainder rounding, and every
 class gets at least one crop in every split. Group-aware (the default): all crops of one source
 screenshot of a task go to the same split, since they share background and lighting, and so do
@@ -35,9 +40,10 @@ import re
 import secrets
 import shutil
 from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from toonvision.dedup import screenshot_groups
 from toonvision.errors import PoolError, SplitError, UsageError, write_error
@@ -208,12 +214,15 @@ def plan_split(
     seed: int,
     group: bool = True,
     min_per_class: int | None = None,
+    fixed_test: Collection[str] | None = None,
 ) -> SplitPlan:
     """Decide which split each crop of ``task`` goes to; deterministic for the same inputs.
 
     The result does not depend on the order of ``records``. Classes smaller than
     ``min_per_class`` are left out with a warning; a class that cannot have a crop in
-    every split is a :class:`SplitError` naming it and the fix.
+    every split is a :class:`SplitError` naming it and the fix. ``fixed_test`` (crop paths,
+    from :func:`plan_test_split`; three ratios only) is the test split, taken as it is: only
+    the other crops are divided, into train and validate by the first two ratios.
     """
     ratios = check_ratios(ratios)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -238,12 +247,11 @@ def plan_split(
     if groups is not None and groups.unhashed:
         logger.info("%d screenshots of task %s have no perceptual hash (extracted by an older version): grouped "
                     "by exact content only until `toonvision extract` reads them again", groups.unhashed, task.name)
-    _check_feasible(task, by_class, len(ratios), group, keys)
-
-    if group:
-        split_of = _assign_groups(by_class, classes, ratios, seed, keys)
+    if fixed_test is not None:
+        split_of = _assign_around_test(task, by_class, classes, ratios, seed, group, fixed_test, keys)
     else:
-        split_of = _assign_per_class(by_class, classes, ratios, seed)
+        _check_feasible(task, by_class, len(ratios), group, keys)
+        split_of = _assign(by_class, classes, ratios, seed, group, keys)
     names = SPLITS[: len(ratios)]
     buckets: list[list[Assignment]] = [[] for _ in names]  # plan order: split, class, crop
     for cls in classes:
@@ -253,6 +261,68 @@ def plan_split(
     assignments = tuple(a for bucket in buckets for a in bucket)
     return SplitPlan(task.name, seed, ratios, group, classes, assignments, excluded,
                      groups.merged if groups is not None else 0)
+
+
+def plan_test_split(
+    records: Sequence[CropRecord],
+    task: Task,
+    ratios: Sequence[float],
+    seed: int,
+    group: bool = True,
+    min_per_class: int | None = None,
+) -> frozenset[str]:
+    """The crops of a fixed test split: the test part of ``plan_split`` for ``seed`` (grouped, stratified).
+
+    Pass it as ``plan_split(..., fixed_test=...)`` to every re-split of a training, a comparison or a
+    cross-validation, so that all of them are scored on the same crops and never train on one.
+    """
+    if len(check_ratios(ratios)) != 3:
+        raise UsageError("a fixed test split needs three ratios (train validate test)")
+    plan = plan_split(records, task, ratios, seed, group=group, min_per_class=min_per_class)
+    return frozenset(a.crop for a in plan.assignments if a.split == "test")
+
+
+def _assign(
+    by_class: Mapping[str, list[CropRecord]], classes: Sequence[str], ratios: Sequence[float], seed: int,
+    group: bool, keys: Mapping[str, str],
+) -> dict[str, int]:
+    if group:
+        return _assign_groups(by_class, classes, ratios, seed, keys)
+    return _assign_per_class(by_class, classes, ratios, seed)
+
+
+def _assign_around_test(
+    task: Task, by_class: Mapping[str, list[CropRecord]], classes: Sequence[str], ratios: Sequence[float],
+    seed: int, group: bool, fixed_test: Collection[str], keys: Mapping[str, str],
+) -> dict[str, int]:
+    """Test: exactly ``fixed_test``; the other crops divided into train/validate by the first two ratios.
+
+    ``keys`` are the crops' split groups (same or near-duplicate screenshots share one)."""
+    if len(ratios) != 3:
+        raise UsageError("a fixed test split needs three ratios (train validate test)")
+    test = frozenset(fixed_test)
+    rest = {cls: [r for r in crops if r.crop not in test] for cls, crops in by_class.items()}
+    known = {r.crop for crops in by_class.values() for r in crops}
+    stray = sorted(test - known)
+    lacking = [cls for cls in classes if len(rest[cls]) == len(by_class[cls])]
+    if stray or lacking:
+        detail = (f"{len(stray)} of its crops ({stray[0]}, ...) are not crops of task {task.name}" if stray
+                  else f"it has no crop of class {', '.join(lacking)}")
+        raise SplitError(f"the fixed test split does not fit this pool: {detail}; draw it again from this pool")
+    if group:
+        def key(r: CropRecord) -> str:
+            return keys.get(r.crop) or _group_key(r)
+
+        tested = {key(r) for crops in by_class.values() for r in crops if r.crop in test}
+        shared = sorted({r.source for crops in rest.values() for r in crops if key(r) in tested})
+        if shared:
+            raise SplitError(f"the fixed test split holds only some crops of screenshot {shared[0]}; draw it "
+                             "again grouped (plan_test_split with group=True)")
+    _check_feasible(task, rest, 2, group, keys)
+    split_of = _assign(rest, classes, (ratios[0] / (ratios[0] + ratios[1]), ratios[1] / (ratios[0] + ratios[1])),
+                       seed, group, keys)
+    split_of.update(dict.fromkeys(test, 2))
+    return split_of
 
 
 def _crops_by_class(records: Sequence[CropRecord], task: Task) -> dict[str, list[CropRecord]]:
