@@ -68,9 +68,13 @@ from toonvision.ledger import (
 from toonvision.locks import locked
 from toonvision.manifest import CropRecord, load_pool
 from toonvision.models import (
+    Hyperparameters,
+    balanced_class_weight,
+    build_from_hparams,
     build_model,
     default_dropout,
     get_model_spec,
+    load_hparams,
     resolve_mobilenet_weights,
 )
 from toonvision.progress import Bar, progress_bar
@@ -85,6 +89,8 @@ from toonvision.split import (
 from toonvision.tasks import Task, get_task
 
 if TYPE_CHECKING:
+    import keras
+
     from toonvision.cache import CropCache
 
 logger = logging.getLogger(__name__)
@@ -95,7 +101,7 @@ ARCHITECTURE_PLOT = "architecture.png"
 PLOTS = (CURVES_PLOT, BOXPLOT, ARCHITECTURE_PLOT)
 # The options a --resume must share with the training it continues (runs may grow).
 _IDENTITY = ("task", "model", "epochs", "seed", "ratios", "image_size", "batch_size", "group",
-             "min_per_class", "weights", "dropout", "augment", "mixed_precision")
+             "min_per_class", "weights", "dropout", "augment", "mixed_precision", "hparams")
 
 
 @dataclass(frozen=True)
@@ -122,9 +128,15 @@ class TrainConfig:
     # RAM for decoded crops (toonvision.cache); None: $TOONVISION_CACHE_BUDGET or 2 GiB
     cache_budget: int | str | None = None
     mixed_precision: bool = False  # float16 compute (GPUs); float32 weights and head
+    hparams: Path | None = None  # tune's best_hparams.json: the model it describes replaces --model
+    tuned: Hyperparameters | None = field(init=False, default=None, repr=False, compare=False)  # read from hparams
 
     def __post_init__(self) -> None:
         get_model_spec(self.model)
+        if self.hparams is not None:
+            if self.model != DEFAULT_MODEL or self.dropout is not None:
+                raise UsageError("--hparams describes the model and its dropout; leave out --model")
+            object.__setattr__(self, "tuned", load_hparams(self.hparams))
         for name, minimum in (("runs", 1), ("epochs", 1), ("batch_size", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < minimum:
@@ -151,12 +163,15 @@ class TrainConfig:
     @property
     def augmented(self) -> bool:
         """Whether training batches are augmented."""
-        return get_model_spec(self.model).augment if self.augment is None else self.augment
+        if self.augment is not None:
+            return self.augment
+        return self.tuned.augment if self.tuned is not None else get_model_spec(self.model).augment
 
     @property
     def model_weights(self) -> str | None:
         """The --weights that apply to this model (None for models without a pretrained base)."""
-        return self.weights if get_model_spec(self.model).uses_weights else None
+        uses = self.tuned.uses_weights if self.tuned is not None else get_model_spec(self.model).uses_weights
+        return self.weights if uses else None
 
     def identity(self) -> dict[str, Any]:
         """The options a resumed training must share with the original, JSON-ready."""
@@ -166,6 +181,7 @@ class TrainConfig:
             "batch_size": self.batch_size, "group": self.group, "min_per_class": self.min_per_class,
             "weights": self.model_weights, "dropout": self.dropout, "augment": self.augmented,
             "mixed_precision": self.mixed_precision,
+            "hparams": self.tuned.to_dict() if self.tuned is not None else None,
         }
         return {key: values[key] for key in _IDENTITY}
 
@@ -275,15 +291,11 @@ def train_run(layout: Layout, config: TrainConfig, plan: SplitPlan, k: int, weig
     val_ds = datasets.from_plan(plan, layout.pool, "validate", **common)
     test_ds = datasets.from_plan(plan, layout.pool, "test", **common)
     steps = math.ceil(len(train_ds.file_paths) / config.batch_size)
-    model = build_model(
-        config.model, len(plan.classes), size,
-        dropout=config.dropout, weights=weights, seed=seed, steps_per_epoch=steps,
-        mixed_precision=config.mixed_precision,
-    )
+    model = _build(config, len(plan.classes), weights, seed, steps)
     try:
         fit = model.fit(
             train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False,  # the pipeline shuffles
-            verbose=2 if config.verbose else 0,
+            verbose=2 if config.verbose else 0, class_weight=_class_weight(config, plan),
         )
         test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
     except tf.errors.OpError as exc:
@@ -305,6 +317,24 @@ def train_run(layout: Layout, config: TrainConfig, plan: SplitPlan, k: int, weig
     return FinishedRun(record, history, model, plan)
 
 
+def _build(config: TrainConfig, num_classes: int, weights: str | None, seed: int | None = None,
+           steps: int | None = None) -> keras.Model:
+    """A fresh compiled model: the one --hparams describes, else --model."""
+    size = tuple(config.image_size)
+    if config.tuned is not None:
+        return build_from_hparams(config.tuned, num_classes, size, weights=weights, seed=seed, steps_per_epoch=steps)
+    return build_model(config.model, num_classes, size, dropout=config.dropout, weights=weights, seed=seed,
+                       steps_per_epoch=steps, mixed_precision=config.mixed_precision)
+
+
+def _class_weight(config: TrainConfig, plan: SplitPlan) -> dict[int, float] | None:
+    """Balanced class weights when --hparams asks for them (tune searches them), else None."""
+    if config.tuned is None or config.tuned.class_weight != "balanced":
+        return None
+    counts = plan.counts()
+    return balanced_class_weight([counts[cls, "train"] for cls in plan.classes])
+
+
 def _crops(layout: Layout, config: TrainConfig, plan: SplitPlan) -> CropCache:
     """The process's decoded-crop cache with every crop of ``plan``: decoded on the first call only."""
     paths = [str(layout.pool / a.crop) for a in plan.assignments]
@@ -323,7 +353,8 @@ def _best_info(task: Task, config: TrainConfig, plan: SplitPlan, record: RunReco
         "classes": classes,
         "display_names": {c: task.display_name(c) for c in classes},
         "image_size": [int(v) for v in config.image_size],
-        "model": config.model,
+        "model": "tuned" if config.tuned is not None else config.model,
+        "hparams": config.tuned.to_dict() if config.tuned is not None else None,
         "run": record.run,
         "seed": record.seed,
         "split": plan_to_dict(plan),
@@ -336,7 +367,8 @@ def _best_info(task: Task, config: TrainConfig, plan: SplitPlan, record: RunReco
         "batch_size": config.batch_size,
         "augment": config.augmented,
         "mixed_precision": config.mixed_precision,
-        "dropout": config.dropout if config.dropout is not None else default_dropout(config.model, len(classes)),
+        "dropout": config.tuned.dropout if config.tuned is not None else (
+            config.dropout if config.dropout is not None else default_dropout(config.model, len(classes))),
         "weights": config.model_weights,
         "input": {"color": "rgb", "resize": "bilinear", "range": "0-255 float; the model rescales itself"},
         "selection": "lowest validation loss, ties by higher validation accuracy",
@@ -365,13 +397,12 @@ def _draw_plots(
     runs: Sequence[RunRecord],
 ) -> tuple[Path, ...]:
     """Training curves, test box plots and the architecture; a plot that fails is skipped with a warning."""
-    title = f"{config.task}: {config.model}, {len(runs)} run(s)"
+    title = f"{config.task}: {'tuned' if config.tuned is not None else config.model}, {len(runs)} run(s)"
     jobs = (
         (CURVES_PLOT, lambda path: plots.plot_training_curves([h["history"] for h in histories], path, title)),
         (BOXPLOT, lambda path: plots.plot_test_boxplots(
             [r.test_accuracy for r in runs], [r.test_loss for r in runs], path, title)),
-        (ARCHITECTURE_PLOT, lambda path: plots.plot_architecture(
-            build_model(config.model, len(classes), tuple(config.image_size), weights=None), path)),
+        (ARCHITECTURE_PLOT, lambda path: plots.plot_architecture(_build(config, len(classes), None), path)),
     )
     written = []
     for name, draw in jobs:
