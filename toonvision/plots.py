@@ -122,7 +122,7 @@ def plot_tuning(
     if direction not in ("min", "max"):
         raise ValueError(f"direction must be 'min' or 'max', got {direction!r}")
     values = _as_floats(objective)
-    trials = range(1, len(values) + 1)
+    trials = range(len(values))  # keras-tuner numbers trials from 0
     best: list[float] = []
     for value in values:
         previous = best[-1] if best else math.nan

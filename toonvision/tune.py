@@ -55,6 +55,7 @@ import logging
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -538,11 +539,12 @@ def _atomic_keras_tuner_writes() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _quiet_stdout(verbose: bool) -> Iterator[None]:
-    """keras-tuner prints ("Reloading Tuner from ...", trial tables); shown with -v only."""
+    """keras-tuner prints ("Reloading Tuner from ...", trial tables) and warns; shown with -v only."""
     if verbose:
         yield
         return
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="keras_tuner")  # its threading calls
         yield
 
 
