@@ -93,15 +93,19 @@ def test_the_space_fits_exactly_the_images_it_says():
         TuneConfig(task="binary", image_size=(31, 200), max_blocks=4)
 
 
-def test_choose_best_follows_the_objective_direction_and_ties_go_to_the_earlier_trial():
-    def row(trial, value, status="COMPLETED"):
-        return TrialRow(trial, status, {}, value, {}, 1, 1.0)
+def test_choose_best_follows_the_objective_and_breaks_ties_on_validation_then_by_order():
+    def row(trial, value, status="COMPLETED", loss=0.5, accuracy=0.5):
+        return TrialRow(trial, status, {}, value, {"val_loss": loss, "val_accuracy": accuracy}, 1, 1.0)
 
     trials = [row("0", 0.5), row("1", 0.2), row("2", 0.9), row("3", 0.2), row("4", None, "FAILED"),
               row("5", math.nan)]
-    assert choose_best(trials, "min").trial == "1"
-    assert choose_best(trials, "max").trial == "2"
-    assert choose_best([row("0", None, "FAILED")], "min") is None
+    assert choose_best(trials, "val_loss").trial == "1"
+    assert choose_best(trials, "val_macro_f1").trial == "2"
+    assert choose_best([row("0", None, "FAILED")], "val_loss") is None
+    tied = [row("0", 1.0, loss=0.3), row("1", 1.0, loss=0.1), row("2", 1.0, loss=0.1)]
+    assert choose_best(tied, "val_macro_f1").trial == "1"  # the lower validation loss, then the earlier trial
+    tied = [row("0", 0.3, accuracy=0.6), row("1", 0.3, accuracy=0.9)]
+    assert choose_best(tied, "val_loss").trial == "1"  # the higher validation accuracy
 
 
 # -- one search ----------------------------------------------------------------------------------
@@ -118,6 +122,7 @@ def test_every_trial_is_recorded(searched):
         assert float(r["seconds"]) > 0 and r["objective"] == r["val_loss"]
         assert 2 <= int(r["conv_blocks"]) <= 4 and r["filters"] in {"8", "16", "32"}
         assert 0 <= float(r["val_macro_f1"]) <= 1 and r["class_weight"] in {"none", "balanced"}
+        assert r["dropout"] in {"0.0", "0.1", "0.2", "0.3", "0.4", "0.5"}
     assert (out / TUNING_PLOT).stat().st_size > 0 and (out / PROJECT / "oracle.json").is_file()
     assert json.loads((out / TUNE_INFO).read_text())["config"]["task"] == "binary"
 
@@ -266,6 +271,8 @@ def test_a_bad_hparams_file_is_a_usage_error(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(UsageError, match=message):
         TrainConfig(task="binary", hparams=path)
-    path.write_text("{}")
+    path.write_text('{"conv_blocks": 4}')
     with pytest.raises(UsageError, match="leave out --model"):
         TrainConfig(task="binary", model="optimized", hparams=path)
+    with pytest.raises(UsageError, match="at least 32x32 pixels, got 30x100"):
+        TrainConfig(task="binary", hparams=path, image_size=(30, 100))

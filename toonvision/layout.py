@@ -8,7 +8,8 @@
     └── reports/<task>/    balance-report tables and figures (reports/pool/ without a task)
     models/<task>/         best.keras, best.json, runs.csv, histories.jsonl, plots
     ├── evaluation/        evaluate on the test split (evaluation_<split>/ for the others)
-    └── compare/           compare's runs, statistics and figures
+    ├── compare/           compare's runs, statistics and figures
+    └── tune/              tune's trials, best_hparams.json and keras-tuner project
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ BEST_MODEL = "best.keras"  # the chosen run's model in models/<task>/
 BEST_INFO = "best.json"  # its classes, image size, split and metrics, beside it
 EVALUATION_DIR = "evaluation"
 COMPARE_DIR = "compare"
+TUNE_DIR = "tune"
 EXPLAIN_DIR = "explain"
 REPORTS_DIR = "reports"
 POOL_REPORT = "pool"  # the report folder of the whole pool (no task)
@@ -101,6 +103,9 @@ class Layout:
 
     def compare_dir(self, task: str) -> Path:
         return self.task_models(task) / COMPARE_DIR
+
+    def tune_dir(self, task: str) -> Path:
+        return self.task_models(task) / TUNE_DIR
 
     @property
     def reports(self) -> Path:

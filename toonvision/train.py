@@ -158,6 +158,10 @@ class TrainConfig:
             raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other; pass one of them")
+        if self.tuned is not None and min(self.image_size) < self.tuned.min_size:
+            raise UsageError(f"the model of {self.hparams} needs images of at least {self.tuned.min_size}x"
+                             f"{self.tuned.min_size} pixels, got {self.image_size[0]}x{self.image_size[1]}; "
+                             "pass the --image-size the search used")
         cache.cache_budget(self.cache_budget)  # a bad size fails here, before any work
 
     @property

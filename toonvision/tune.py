@@ -80,7 +80,7 @@ from toonvision.constants import (
 from toonvision.decode import find_undecodable
 from toonvision.errors import ToonVisionError, TrainingError, UsageError
 from toonvision.fsutil import atomic_write_text, remove_stale_temp_files
-from toonvision.layout import Layout
+from toonvision.layout import TUNE_DIR, Layout
 from toonvision.ledger import make_folder
 from toonvision.locks import locked
 from toonvision.manifest import CropRecord, load_pool
@@ -103,7 +103,6 @@ from toonvision.train import _pool_fingerprint, free_large_buffers_eagerly
 
 logger = logging.getLogger(__name__)
 
-TUNE_DIR = "tune"
 TUNE_INFO = "tune.json"
 TRIALS = "trials.csv"
 BEST_HPARAMS = "best_hparams.json"
@@ -268,7 +267,7 @@ def tune(layout: Layout, config: TuneConfig, progress: bool = False) -> TuneResu
     pretrained = _pretrained_weights(config)
     crops = cache.crop_cache(layout.cache, [str(layout.pool / a.crop) for a in plan.assignments],
                              config.cache_budget, tuple(config.image_size))  # decoded before anything is written
-    out = layout.task_models(task.name) / TUNE_DIR
+    out = layout.tune_dir(task.name)
     make_folder(out, "--models-dir")
     info = {"config": config.identity(pretrained), "pool": _pool_fingerprint(records, task), "classes": list(classes),
             "space": describe_space(config.max_blocks, pretrained is not None)}
@@ -370,7 +369,10 @@ def describe_space(max_blocks: int, pretrained: bool) -> dict[str, Any]:
 
 def _hparams_of(values: Mapping[str, Any]) -> Hyperparameters:
     """The point a trial's recorded values (keras-tuner's, with its tuner/* entries) describe."""
-    return Hyperparameters.from_dict({k: v for k, v in values.items() if k in _HPARAM_NAMES})
+    known = {k: v for k, v in values.items() if k in _HPARAM_NAMES}
+    if isinstance(known.get("dropout"), float):
+        known["dropout"] = round(known["dropout"], 4)  # keras-tuner's steps: 0.30000000000000004
+    return Hyperparameters.from_dict(known)
 
 
 # -- one trial -------------------------------------------------------------------------------------
@@ -623,13 +625,25 @@ def trial_rows(oracle: Any, select: str) -> list[TrialRow]:
     return rows
 
 
-def choose_best(rows: Sequence[TrialRow], direction: str) -> TrialRow | None:
-    """The completed trial best by the objective (validation only); ties: the earlier trial."""
+def choose_best(rows: Sequence[TrialRow], select: str) -> TrialRow | None:
+    """The completed trial best by the objective (validation only).
+
+    Ties (macro-F1 and accuracy saturate on easy data): the lower validation loss, or with
+    ``val_loss`` as the objective the higher validation accuracy; then the earlier trial.
+    """
     scored = [r for r in rows if r.status == "COMPLETED" and r.objective is not None and math.isfinite(r.objective)]
     if not scored:
         return None
-    sign = 1.0 if direction == "min" else -1.0
-    return min(enumerate(scored), key=lambda item: (sign * item[1].objective, item[0]))[1]
+    sign = 1.0 if OBJECTIVES[select] == "min" else -1.0
+    tie, tie_sign = ("val_accuracy", -1.0) if select == "val_loss" else ("val_loss", 1.0)
+
+    def key(item: tuple[int, TrialRow]) -> tuple[float, float, int]:
+        index, row = item
+        second = row.metrics.get(tie)
+        return (sign * row.objective, tie_sign * second if second is not None and math.isfinite(second)
+                else math.inf, index)
+
+    return min(enumerate(scored), key=key)[1]
 
 
 def _metric(trial: Any, name: str) -> float | None:
@@ -642,7 +656,7 @@ def _metric(trial: Any, name: str) -> float | None:
 def _write_outputs(out: Path, config: TuneConfig, oracle: Any, classes: Sequence[str], draw: bool = True
                    ) -> tuple[tuple[TrialRow, ...], TrialRow | None, tuple[Path, ...]]:
     rows = trial_rows(oracle, config.select)
-    best = choose_best(rows, config.direction)
+    best = choose_best(rows, config.select)
     atomic_write_text(out / TRIALS, format_trials(rows, config.select))
     if best is not None:
         atomic_write_text(out / BEST_HPARAMS, json.dumps(_best_info(config, classes, best, len(rows)), indent=2) + "\n")
