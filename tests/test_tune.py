@@ -138,6 +138,7 @@ def test_the_best_trial_is_the_best_by_the_objective_on_validation(searched):
     assert info["objective"] == {"name": "val_loss", "direction": "min", "value": float(lowest["val_loss"])}
     assert info["task"] == "binary" and info["classes"] == ["cog", "toon"] and info["image_size"] == [48, 48]
     assert info["split"]["seed"] == 5 and "keras_tuner" in info["versions"]
+    assert f"--hparams {out / BEST_HPARAMS} --seed 5 --epochs 1 --image-size 48x48" in result.summary()
     for name, value in info["hyperparameters"].items():
         assert lowest[name] == (str(value).lower() if isinstance(value, bool) else repr(value)
                                 if isinstance(value, float) else str(value))

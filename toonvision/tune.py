@@ -231,6 +231,7 @@ class TuneResult:
     resumed: int = 0  # trials found finished when this call started
     pretrained: bool = False
     plots: tuple[Path, ...] = field(default=())
+    image_size: tuple[int, int] = (0, 0)
 
     def summary(self) -> str:
         done = [t for t in self.trials if t.status == "COMPLETED"]
@@ -248,10 +249,12 @@ class TuneResult:
         else:
             b = self.best
             shown = ", ".join(f"{k}={_shown(v)}" for k, v in b.hyperparameters.items())
-            lines.append(f"best on validation: trial {b.trial}, {self.select} {b.objective:.4f} ({b.epochs} epochs)")
+            lines.append(f"best on validation: trial {b.trial}, {self.select} {b.objective:.4f} after {b.epochs} "
+                         f"epoch{'' if b.epochs == 1 else 's'}")
             lines.append(f"  {shown}")
+            size = f"{self.image_size[0]}x{self.image_size[1]}"
             lines.append(f"train it: toonvision train --task {self.task} --hparams {self.output / BEST_HPARAMS} "
-                         f"--seed {self.seed} --runs N")
+                         f"--seed {self.seed} --epochs {b.epochs} --image-size {size} --runs N")
         lines.append(f"trials: {self.output / TRIALS}")
         return "\n".join(lines)
 
@@ -287,7 +290,7 @@ def tune(layout: Layout, config: TuneConfig, progress: bool = False) -> TuneResu
                 bar.close()
         rows, best, drawn = _write_outputs(out, config, tuner.oracle, classes)
     return TuneResult(task.name, classes, config.select, rows, best, out, config.seed, finished,
-                      pretrained is not None, drawn)
+                      pretrained is not None, drawn, tuple(config.image_size))
 
 
 # -- the split: test aside, then one train/validate split of the rest ----------------------------
