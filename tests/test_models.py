@@ -16,6 +16,8 @@ from toonvision.models import (  # noqa: E402
     LEARNING_RATE,
     MOBILENET_WEIGHTS_ORIGIN,
     MODEL_NAMES,
+    Hyperparameters,
+    build_from_hparams,
     build_model,
     default_dropout,
     get_model_spec,
@@ -335,3 +337,37 @@ def test_fine_tuning_unfreezes_exactly_the_last_block_and_lowers_the_learning_ra
 def test_only_models_with_a_pretrained_base_can_be_fine_tuned():
     with pytest.raises(UsageError, match="no pretrained base"):
         unfreeze_top(build_model("baseline", 2, SMALL))
+
+
+# -- tuned models (toonvision.tune, train --hparams) -----------------------------------------------
+
+
+def test_build_from_hparams_builds_the_cnn_it_describes_and_it_learns():
+    spec = Hyperparameters(conv_blocks=3, filters=8, kernel_size=3, batch_norm=True, dropout=0.3,
+                           learning_rate=3e-3, lr_schedule="exponential")
+    model = build_from_hparams(spec, 3, SMALL, seed=0, steps_per_epoch=2)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [8, 16, 32] and all(not c.use_bias for c in convs)
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers) == 3
+    assert model.get_layer("dropout").rate == pytest.approx(0.3) and model.output_shape == (None, 3)
+    x, y = colour_batch(3)
+    before = model.evaluate(x, y, verbose=0)[0]
+    model.fit(x, y, epochs=8, batch_size=12, verbose=0)
+    assert model.evaluate(x, y, verbose=0)[0] < before
+
+
+def test_build_from_hparams_refuses_an_image_its_blocks_cannot_take():
+    build_from_hparams({"conv_blocks": 4}, 2, (32, 32))
+    with pytest.raises(UsageError, match="4 pooling blocks need images of at least 32x32"):
+        build_from_hparams({"conv_blocks": 4}, 2, (31, 64))
+
+
+def test_hyperparameters_are_validated_and_keep_only_what_their_family_uses():
+    assert set(Hyperparameters().to_dict()) == {"family", "conv_blocks", "filters", "kernel_size", "batch_norm",
+                                                "dropout", "learning_rate", "lr_schedule", "class_weight", "augment"}
+    assert "fine_tune" in Hyperparameters(family="pretrained").to_dict()
+    for bad in ({"dropout": 1.0}, {"lr_schedule": "cosine"}, {"batch_norm": 1}, {"filters": True}):
+        with pytest.raises(UsageError):
+            Hyperparameters.from_dict(bad)
+
+

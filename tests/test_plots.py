@@ -41,3 +41,11 @@ def test_each_figure_is_written_atomically_and_returned(tmp_path: Path, draw) ->
     assert path == tmp_path / "figure.png"
     assert_png(path)
     assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]  # no temp file left behind
+
+
+def test_tuning_plot_draws_trials_and_the_best_so_far_even_with_failed_trials(tmp_path: Path) -> None:
+    assert_png(plots.plot_tuning([0.7, None, 0.4, float("nan"), 0.5], tmp_path / "t.png", name="val_loss",
+                                 direction="min"))
+    assert_png(plots.plot_tuning([], tmp_path / "empty.png", name="val_macro_f1", direction="max"))
+    with pytest.raises(ValueError, match="direction"):
+        plots.plot_tuning([0.1], tmp_path / "x.png", name="val_loss", direction="down")

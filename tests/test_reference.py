@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("sklearn")
 tf = pytest.importorskip("tensorflow")
 
-from conftest import write_colour_pool  # noqa: E402
+from helpers import write_colour_pool  # noqa: E402
 
 from toonvision.cache import CropCache  # noqa: E402
 from toonvision.decode import resize  # noqa: E402

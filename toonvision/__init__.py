@@ -15,10 +15,11 @@ Stages, one module each, data flowing one way::
     cache      crops of a split       -> decoded crops kept in RAM or on disk
     augment    a batch                -> one fused affine resample per training image
     datasets   a split plan           -> tf.data pipelines
-    models     a name                 -> a compiled Keras model
+    models     a name or hparams      -> a compiled Keras model
     train      repeated runs          -> finished runs, committed by the ledger
     ledger     finished runs          -> models/<task>/runs.csv, best.keras + best.json
     compare    models x re-splits     -> models/<task>/compare/
+    tune       a search space         -> models/<task>/tune/ (keras-tuner trials, best_hparams.json)
     metrics    labels, probabilities  -> accuracy, per-class F1, confusion matrix (pure)
     modelfile  a model file           -> a safely loaded model with its classes and input size
     predict    images or screenshots  -> one prediction per crop or object

@@ -25,6 +25,7 @@ from toonvision.constants import (
     DEFAULT_EPOCHS,
     DEFAULT_EVALUATION_SPLIT,
     DEFAULT_IMAGE_SIZE,
+    DEFAULT_MAX_BLOCKS,
     DEFAULT_MODEL,
     DEFAULT_PATIENCE,
     DEFAULT_RATIOS,
@@ -35,6 +36,10 @@ from toonvision.constants import (
     DEFAULT_SYNTH_SEED,
     DEFAULT_SYNTH_SIZE,
     DEFAULT_TOON_SHARE,
+    DEFAULT_TUNE_ALGORITHM,
+    DEFAULT_TUNE_EPOCHS,
+    DEFAULT_TUNE_SEED,
+    DEFAULT_TUNE_TRIALS,
     DEFAULT_WEIGHTS,
     DEFAULT_WORST,
     EXPORT_FORMATS,
@@ -44,6 +49,8 @@ from toonvision.constants import (
     RESIZE_MODES,
     default_image_size,
     SELECT_METRICS,
+    TUNE_ALGORITHMS,
+    TUNE_OBJECTIVES,
     parse_hw,
 )
 from toonvision.demo import MIN_SCREENSHOTS, DemoConfig, run_demo
@@ -478,6 +485,8 @@ weights_option = click.option(
               help="Also save models/<task>/ensemble.keras: one model averaging the K best runs' probabilities.")
 @click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Write Keras' TensorBoard logs of run k to DIR/run_<k> (tensorboard --logdir DIR).")
+@click.option("--hparams", type=click.Path(dir_okay=False, exists=True, path_type=Path), metavar="FILE",
+              help="Train the model tune found (models/<task>/tune/best_hparams.json) instead of --model.")
 @no_group_option
 @min_per_class_option
 @config_option
@@ -487,7 +496,7 @@ def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, see
           ratio: tuple[float, ...], image_size: HW | str, resize: str, batch_size: int, weights: str,
           fine_tune: bool, fine_tune_epochs: int, resume: bool, overwrite: bool, mixed_precision: bool,
           class_weight: str, select: str, patience: int | None, resplit_test: bool, ensemble: int | None,
-          tensorboard: Path | None,
+          tensorboard: Path | None, hparams: Path | None,
           no_group: bool, min_per_class: int | None, config: Path | None) -> None:
     """Train over repeated re-splits of the pool; keep the run best on validation in models/<task>/."""
     _quiet_tensorflow(ctx)
@@ -502,8 +511,53 @@ def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, see
         fine_tune=fine_tune, fine_tune_epochs=fine_tune_epochs,
         class_weight=class_weight, select=select, patience=patience, resplit_test=resplit_test,
         ensemble=ensemble or 0, tensorboard=tensorboard,
+        hparams=hparams,
     )
     result = stage.train(ctx.layout, options, progress=ctx.progress)
+    if not ctx.quiet:
+        click.echo(result.summary())
+
+
+@main.command(cls=MultiValueCommand)
+@task_option
+@click.option("--algorithm", type=click.Choice(TUNE_ALGORITHMS), default=DEFAULT_TUNE_ALGORITHM,
+              show_default=True, help="keras-tuner's search: Hyperband, random search or Bayesian optimisation.")
+@click.option("--max-trials", type=click.IntRange(min=1), default=DEFAULT_TUNE_TRIALS, show_default=True,
+              help="Trials (configurations trained) at most; a --resume may raise it.")
+@click.option("--max-epochs", type=click.IntRange(min=1), default=DEFAULT_TUNE_EPOCHS, show_default=True,
+              help="Epochs per trial (Hyperband: of its longest trials).")
+@click.option("--seed", type=click.IntRange(min=0), default=DEFAULT_TUNE_SEED, show_default=True,
+              help="Seed of the split (the test split train --seed sets aside) and of the search.")
+@click.option("--select", type=click.Choice(TUNE_OBJECTIVES), default=TUNE_OBJECTIVES[0],
+              show_default=True, help="The validation metric the search optimises.")
+@click.option("--max-blocks", type=click.IntRange(min=2), default=DEFAULT_MAX_BLOCKS, show_default=True,
+              help="Most conv blocks a CNN of the space has (each halves the image).")
+@ratio_option
+@image_size_option
+@batch_size_option
+@weights_option
+@click.option("--resume", is_flag=True, help="Continue an interrupted search in models/<task>/tune/.")
+@click.option("--overwrite", is_flag=True, help="Start the search in models/<task>/tune/ again.")
+@no_group_option
+@min_per_class_option
+@config_option
+@pass_context
+@_reports_errors
+def tune(ctx: _Context, task_name: str, algorithm: str, max_trials: int, max_epochs: int, seed: int, select: str,
+         max_blocks: int, ratio: tuple[float, ...], image_size: HW, batch_size: int, weights: str, resume: bool,
+         overwrite: bool, no_group: bool, min_per_class: int | None, config: Path | None) -> None:
+    """Search architectures and hyperparameters (keras-tuner) on one train/validate split; test set aside."""
+    _quiet_tensorflow(ctx)
+    from toonvision import tune as stage
+    from toonvision.tasks import find_config
+
+    options = stage.TuneConfig(
+        task=task_name, algorithm=algorithm, max_trials=max_trials, max_epochs=max_epochs, seed=seed, select=select,
+        ratios=ratio, image_size=image_size, batch_size=batch_size, group=not no_group, min_per_class=min_per_class,
+        max_blocks=max_blocks, weights=None if weights.lower() == "none" else weights, task_config=find_config(config),
+        resume=resume, overwrite=overwrite, verbose=ctx.verbose,
+    )
+    result = stage.tune(ctx.layout, options, progress=ctx.progress)
     if not ctx.quiet:
         click.echo(result.summary())
 

@@ -84,6 +84,15 @@ DEFAULT_COMPARE_MODELS = ("baseline", "optimized")
 DEFAULT_COMPARE_RUNS = 5
 DEFAULT_COMPARE_SEED = 0
 
+# Searching (toonvision.tune)
+TUNE_ALGORITHMS = ("hyperband", "random", "bayesian")
+TUNE_OBJECTIVES = ("val_loss", "val_macro_f1", "val_accuracy")  # --select; the first is the default
+DEFAULT_TUNE_ALGORITHM = "hyperband"
+DEFAULT_TUNE_TRIALS = 10
+DEFAULT_TUNE_EPOCHS = 10
+DEFAULT_TUNE_SEED = 0
+DEFAULT_MAX_BLOCKS = 4  # conv blocks of the largest CNN searched
+
 # Evaluating and predicting
 DEFAULT_EVALUATION_SPLIT = "test"
 DEFAULT_WORST = 16  # most confident mistakes in worst_predictions.png

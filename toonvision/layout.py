@@ -8,7 +8,8 @@
     └── reports/<task>/    balance-report tables and figures (reports/pool/ without a task)
     models/<task>/         best.keras, best.json, runs.csv, histories.jsonl, plots, ensemble.keras/.json
     ├── evaluation/        evaluate on the test split (evaluation_<split>/ for the others)
-    └── compare/           compare's runs, statistics and figures
+    ├── compare/           compare's runs, statistics and figures
+    └── tune/              tune's trials, best_hparams.json and keras-tuner project
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ ENSEMBLE_MODEL = "ensemble.keras"  # train --ensemble K: the mean of the K best 
 ENSEMBLE_INFO = "ensemble.json"  # its classes, members, the fixed test split and its metrics (best.json's format)
 EVALUATION_DIR = "evaluation"
 COMPARE_DIR = "compare"
+TUNE_DIR = "tune"
 EXPLAIN_DIR = "explain"
 REPORTS_DIR = "reports"
 POOL_REPORT = "pool"  # the report folder of the whole pool (no task)
@@ -103,6 +105,9 @@ class Layout:
 
     def compare_dir(self, task: str) -> Path:
         return self.task_models(task) / COMPARE_DIR
+
+    def tune_dir(self, task: str) -> Path:
+        return self.task_models(task) / TUNE_DIR
 
     @property
     def reports(self) -> Path:

@@ -10,6 +10,8 @@
     mobilenetv2  frozen MobileNetV2 base -> GlobalAveragePooling -> BatchNorm -> Dense 32 relu
                  -> Dropout 0.5 -> head; ImageNet weights from Keras' cache, downloaded into it
                  when missing; ``unfreeze_top`` opens its last block for a fine-tuning phase
+    (tuned)      what a :class:`Hyperparameters` describes (``toonvision tune`` finds them,
+                 ``train --hparams`` builds them): a CNN of N conv blocks, or a pretrained base
 
 Every model takes float RGB images in 0..255 (what ``image_dataset_from_directory`` yields)
 and does its own input scaling, so a saved model needs no outside preprocessing. Heads:
@@ -19,10 +21,11 @@ cross-entropy for more. Each ``build_model`` call compiles a fresh optimizer.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -364,13 +367,173 @@ def _loss_and_metric(num_classes: int) -> tuple[str, keras.metrics.Metric]:
 
 
 def _optimizer(spec: ModelSpec, steps_per_epoch: int | None) -> keras.optimizers.Optimizer:
+    return _adam(LEARNING_RATE, spec.lr_decay, steps_per_epoch)
+
+
+# -- tuned models: built from hyperparameters (toonvision.tune finds them, train --hparams uses them) ----
+
+FAMILIES = ("cnn", "pretrained")
+PRETRAINED_BASES = ("mobilenetv2",)
+LR_SCHEDULES = ("constant", "exponential")
+CLASS_WEIGHTS = ("none", "balanced")
+MAX_FILTERS = 256  # filters double per block up to this
+HPARAMS_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """One point of ``toonvision tune``'s search space: a model and how to train it; validated.
+
+    ``cnn``: Rescaling -> MaxPool 2 -> ``conv_blocks`` x [Conv ``kernel_size`` (``filters``,
+    doubling per block), BatchNorm if ``batch_norm``, ReLU, MaxPool 2] -> Flatten -> Dropout -> head.
+    ``pretrained``: ``base`` with ImageNet weights, its top ``fine_tune`` layers trainable (its
+    BatchNorm statistics stay frozen) -> GlobalAveragePooling -> Dropout -> head. Both: Adam at
+    ``learning_rate``, constant or decayed per epoch; ``class_weight`` and ``augment`` apply to fit.
+    """
+
+    family: str = "cnn"
+    conv_blocks: int = 3
+    filters: int = 16
+    kernel_size: int = 3
+    batch_norm: bool = False
+    dropout: float = 0.0
+    learning_rate: float = LEARNING_RATE
+    lr_schedule: str = "constant"
+    class_weight: str = "none"
+    augment: bool = False
+    base: str = "mobilenetv2"
+    fine_tune: int = 0
+
+    def __post_init__(self) -> None:
+        for name, choices in (("family", FAMILIES), ("base", PRETRAINED_BASES), ("lr_schedule", LR_SCHEDULES),
+                              ("class_weight", CLASS_WEIGHTS)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise UsageError(f"hyperparameter {name} must be one of {', '.join(choices)}, got {value!r}")
+        for name, minimum in (("conv_blocks", 1), ("filters", 1), ("kernel_size", 1), ("fine_tune", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise UsageError(f"hyperparameter {name} must be an integer >= {minimum}, got {value!r}")
+        for name in ("batch_norm", "augment"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"hyperparameter {name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"hyperparameter dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.learning_rate, (int, float)) or not 0.0 < self.learning_rate < 1.0:
+            raise UsageError(f"hyperparameter learning_rate must be in (0, 1), got {self.learning_rate!r}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object], where: str = "hyperparameters") -> Hyperparameters:
+        """Validated hyperparameters from a mapping (unknown names are an error; missing ones take defaults)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(
+                f"{where}: unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        try:
+            return cls(**dict(values))
+        except UsageError as exc:
+            raise UsageError(f"{where}: {exc}") from None
+
+    def to_dict(self) -> dict[str, object]:
+        """The hyperparameters that apply to this family, JSON-ready."""
+        values = asdict(self)
+        cnn_only = ("conv_blocks", "filters", "kernel_size", "batch_norm")
+        unused = ("base", "fine_tune") if self.family == "cnn" else cnn_only
+        return {k: v for k, v in values.items() if k not in unused}
+
+    @property
+    def min_size(self) -> int:
+        """Smallest input side: the first pooling and each block halve it, and one pixel must be left."""
+        return MOBILENET_MIN_SIZE if self.family == "pretrained" else 2 ** (self.conv_blocks + 1)
+
+    @property
+    def uses_weights(self) -> bool:
+        return self.family == "pretrained"
+
+
+def load_hparams(path: str | Path) -> Hyperparameters:
+    """The hyperparameters of a ``best_hparams.json`` (its "hyperparameters") or of a plain JSON mapping."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the hyperparameters file ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise UsageError(f"{path}: not a JSON file ({exc}); pass the best_hparams.json that tune wrote") from None
+    values = data.get("hyperparameters", data) if isinstance(data, dict) else None
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: expected a JSON object of hyperparameters (tune's best_hparams.json)")
+    return Hyperparameters.from_dict(values, str(path))
+
+
+def build_from_hparams(
+    hparams: Hyperparameters | Mapping[str, object],
+    num_classes: int,
+    image_size: tuple[int, int],
+    *,
+    weights: str | Path | None = None,
+    seed: int | None = None,
+    steps_per_epoch: int | None = None,
+) -> keras.Model:
+    """Build and compile the model ``hparams`` describes (see :class:`Hyperparameters`).
+
+    ``weights`` applies to the pretrained family as for ``build_model`` (a local file or None).
+    """
+    import keras
+    from keras import layers
+
+    spec = hparams if isinstance(hparams, Hyperparameters) else Hyperparameters.from_dict(hparams)
+    if num_classes < 2:
+        raise UsageError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if len(image_size) != 2 or min(image_size) < spec.min_size:
+        what = f"{spec.conv_blocks} pooling blocks" if spec.family == "cnn" else spec.base
+        raise UsageError(
+            f"{what} need images of at least {spec.min_size}x{spec.min_size} pixels, "
+            f"got {image_size[0]}x{image_size[1]}; pass a larger --image-size"
+        )
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(*image_size, 3), name="image")
+    if spec.family == "cnn":
+        x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+        x = layers.MaxPooling2D(2, name="pool_0")(x)
+        for index in range(1, spec.conv_blocks + 1):
+            filters = min(MAX_FILTERS, spec.filters * 2 ** (index - 1))
+            x = layers.Conv2D(filters, spec.kernel_size, padding="same", use_bias=not spec.batch_norm,
+                              name=f"conv_{index}")(x)
+            if spec.batch_norm:
+                x = layers.BatchNormalization(name=f"batch_norm_{index}")(x)
+            x = layers.ReLU(name=f"relu_{index}")(x)
+            x = layers.MaxPooling2D(2, name=f"pool_{index}")(x)
+        x = layers.Flatten(name="flatten")(x)
+    else:
+        base = keras.applications.MobileNetV2(
+            input_shape=(*image_size, 3), alpha=MOBILENET_ALPHA, include_top=False,
+            weights=resolve_mobilenet_weights(weights, image_size),
+        )
+        base.trainable = spec.fine_tune > 0
+        for layer in base.layers[: max(0, len(base.layers) - spec.fine_tune)]:
+            layer.trainable = False
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(inputs)
+        x = base(x, training=False)  # BatchNorm statistics stay frozen, fine-tuned or not
+        x = layers.GlobalAveragePooling2D(name="pool")(x)
+    if spec.dropout > 0:
+        x = layers.Dropout(spec.dropout, name="dropout")(x)
+    outputs = _head(x, num_classes)
+    model = keras.Model(inputs, outputs, name=f"tuned_{spec.family}")
+    loss, metric = _loss_and_metric(num_classes)
+    model.compile(optimizer=_adam(spec.learning_rate, spec.lr_schedule == "exponential", steps_per_epoch),
+                  loss=loss, metrics=[metric])
+    return model
+
+
+def _adam(rate: float, decay: bool, steps_per_epoch: int | None) -> keras.optimizers.Optimizer:
     import keras
 
-    if spec.lr_decay:
-        schedule = keras.optimizers.schedules.ExponentialDecay(
-            initial_learning_rate=LEARNING_RATE,
-            decay_steps=steps_per_epoch or DEFAULT_DECAY_STEPS,
-            decay_rate=LR_DECAY_RATE,
+    if decay:
+        rate = keras.optimizers.schedules.ExponentialDecay(
+            initial_learning_rate=rate, decay_steps=steps_per_epoch or DEFAULT_DECAY_STEPS, decay_rate=LR_DECAY_RATE,
         )
-        return keras.optimizers.Adam(learning_rate=schedule)
-    return keras.optimizers.Adam(learning_rate=LEARNING_RATE)
+    return keras.optimizers.Adam(learning_rate=rate)

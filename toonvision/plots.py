@@ -112,6 +112,42 @@ def plot_architecture(model: "keras.Model", path: Path) -> Path | None:
         return None
 
 
+def plot_tuning(
+    objective: Sequence[float | None], path: Path, *, name: str, direction: str, title: str = ""
+) -> Path:
+    """The objective of each trial (dots; a failed trial is left out) and the best so far (a step line)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    if direction not in ("min", "max"):
+        raise ValueError(f"direction must be 'min' or 'max', got {direction!r}")
+    values = _as_floats(objective)
+    trials = range(len(values))  # keras-tuner numbers trials from 0
+    best: list[float] = []
+    for value in values:
+        previous = best[-1] if best else math.nan
+        if not math.isfinite(value):
+            best.append(previous)
+        elif not math.isfinite(previous):
+            best.append(value)
+        else:
+            best.append(min(previous, value) if direction == "min" else max(previous, value))
+    figure = Figure(figsize=(8, 4.5), dpi=_DPI)
+    axes = figure.add_subplot(1, 1, 1)
+    finite = [(t, v) for t, v in zip(trials, values, strict=True) if math.isfinite(v)]
+    if finite:
+        axes.scatter([t for t, _ in finite], [v for _, v in finite], color="tab:blue", zorder=3, label="trial")
+        axes.step(list(trials), best, where="post", color="tab:orange", linewidth=2, label="best so far")
+        axes.legend()
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("trial")
+    axes.set_ylabel(f"{name} ({'lower' if direction == 'min' else 'higher'} is better)")
+    axes.grid(alpha=0.3)
+    axes.set_title(title or f"{name} per trial")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
 # -- data balance -------------------------------------------------------------------------------
 
 

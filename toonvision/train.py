@@ -94,9 +94,12 @@ from toonvision.models import (
     FINE_TUNE_RATE_FACTOR,
     LEARNING_RATE,
     MODELS,
+    Hyperparameters,
+    build_from_hparams,
     build_model,
     default_dropout,
     get_model_spec,
+    load_hparams,
     resolve_mobilenet_weights,
     unfreeze_top,
 )
@@ -127,7 +130,8 @@ PLOTS = (CURVES_PLOT, BOXPLOT, ARCHITECTURE_PLOT)
 # The options a --resume must share with the training it continues (runs may grow).
 _IDENTITY = ("task", "model", "epochs", "seed", "ratios", "image_size", "resize", "batch_size", "group",
              "min_per_class", "weights", "dropout", "augment", "mixed_precision", "fine_tune",
-             "class_weight", "select", "patience", "resplit_test", "ensemble")
+             "class_weight", "select", "patience", "resplit_test", "ensemble",
+             "hparams")
 
 
 @dataclass(frozen=True)
@@ -166,8 +170,15 @@ class TrainConfig:
     ensemble: int = 0  # K >= 2: also save one model averaging the K best runs (0: none)
     tensorboard: Path | None = None  # Keras' TensorBoard logs of run k in <tensorboard>/run_<k>
 
+    hparams: Path | None = None  # tune's best_hparams.json: the model it describes replaces --model
+    tuned: Hyperparameters | None = field(init=False, default=None, repr=False, compare=False)  # read from hparams
+
     def __post_init__(self) -> None:
         get_model_spec(self.model)
+        if self.hparams is not None:
+            if self.model != DEFAULT_MODEL or self.dropout is not None:
+                raise UsageError("--hparams describes the model and its dropout; leave out --model")
+            object.__setattr__(self, "tuned", load_hparams(self.hparams))
         if self.class_weight not in CLASS_WEIGHT_MODES:
             raise UsageError(
                 f"--class-weight must be one of {', '.join(CLASS_WEIGHT_MODES)}, got {self.class_weight!r}"
@@ -208,6 +219,10 @@ class TrainConfig:
             raise UsageError(f"--fine-tune needs a model with a pretrained base ({fine_tunable}), not {self.model}")
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other; pass one of them")
+        if self.tuned is not None and isinstance(self.image_size, HW) and min(self.image_size) < self.tuned.min_size:
+            raise UsageError(f"the model of {self.hparams} needs images of at least {self.tuned.min_size}x"
+                             f"{self.tuned.min_size} pixels, got {self.image_size[0]}x{self.image_size[1]}; "
+                             "pass the --image-size the search used")
         cache.cache_budget(self.cache_budget)  # a bad size fails here, before any work
 
     @property
@@ -220,12 +235,15 @@ class TrainConfig:
     @property
     def augmented(self) -> bool:
         """Whether training batches are augmented."""
-        return get_model_spec(self.model).augment if self.augment is None else self.augment
+        if self.augment is not None:
+            return self.augment
+        return self.tuned.augment if self.tuned is not None else get_model_spec(self.model).augment
 
     @property
     def model_weights(self) -> str | None:
         """The --weights that apply to this model (None for models without a pretrained base)."""
-        return self.weights if get_model_spec(self.model).uses_weights else None
+        uses = self.tuned.uses_weights if self.tuned is not None else get_model_spec(self.model).uses_weights
+        return self.weights if uses else None
 
     @property
     def total_epochs(self) -> int:
@@ -244,6 +262,7 @@ class TrainConfig:
             "fine_tune": self.fine_tune_epochs if self.fine_tune else 0,  # epochs of the second phase
             "class_weight": self.class_weight, "select": self.select,
             "patience": self.patience, "resplit_test": self.resplit_test, "ensemble": self.ensemble,
+            "hparams": self.tuned.to_dict() if self.tuned is not None else None,
         }
         return {key: values[key] for key in _IDENTITY}
 
@@ -313,7 +332,7 @@ def train(layout: Layout, config: TrainConfig, progress: bool = False) -> TrainR
     weights = resolve_weights(config)
     _crops(layout, config, first)  # decode every crop of the task once, before anything is written
     make_folder(out, "--models-dir")
-    with Ledger.open(out, config.identity(), _pool_fingerprint(records, task), classes,
+    with Ledger.open(out, config.identity(), pool_fingerprint(records, task), classes,
                      resume=config.resume, overwrite=config.overwrite, derived=(*PLOTS, ENSEMBLE_MODEL, ENSEMBLE_INFO),
                      select=config.select, keep=config.ensemble) as ledger:
         resumed = ledger.next_run
@@ -471,11 +490,8 @@ def train_run(layout: Layout, config: TrainConfig, plan: SplitPlan, k: int, weig
     test_ds = datasets.from_plan(plan, layout.pool, "test", **common)
     val_labels, test_labels = split_labels(plan, layout.pool, val_ds), split_labels(plan, layout.pool, test_ds)
     steps = math.ceil(len(train_ds.file_paths) / config.batch_size)
-    model = build_model(
-        config.model, len(plan.classes), size,
-        dropout=config.dropout, weights=weights, seed=seed, steps_per_epoch=steps,
-        mixed_precision=config.mixed_precision,
-    )
+    model = _build(config, len(plan.classes), weights, seed, steps)
+
     def keeper() -> keras.callbacks.Callback:
         return best_epoch_callback(
             config.select, config.patience,
@@ -484,7 +500,7 @@ def train_run(layout: Layout, config: TrainConfig, plan: SplitPlan, k: int, weig
         )
 
     logs = [] if config.tensorboard is None else [tensorboard_callback(Path(config.tensorboard) / f"run_{k}")]
-    weighting = class_weights(plan, config.class_weight)
+    weighting = class_weights(plan, config.tuned.class_weight if config.tuned is not None else config.class_weight)
     best = keeper()  # first among the callbacks: it adds val_macro_f1 to the logs the others read
     try:
         fit = model.fit(
@@ -538,6 +554,17 @@ def fine_tune(model: keras.Model, fit: keras.callbacks.History, train_ds: tf.dat
         fit.history.setdefault(name, []).extend(values)
 
 
+def _build(config: TrainConfig, num_classes: int, weights: str | None, seed: int | None = None,
+           steps: int | None = None) -> keras.Model:
+    """A fresh compiled model: the one --hparams describes, else --model."""
+    size = tuple(config.size)
+    if config.tuned is not None:
+        return build_from_hparams(config.tuned, num_classes, size, weights=weights, seed=seed, steps_per_epoch=steps)
+    return build_model(config.model, num_classes, size, dropout=config.dropout, weights=weights, seed=seed,
+                       steps_per_epoch=steps, mixed_precision=config.mixed_precision)
+
+
+
 def _crops(layout: Layout, config: TrainConfig, plan: SplitPlan) -> CropCache:
     """The process's decoded-crop cache with every crop of ``plan``: decoded on the first call only."""
     paths = [str(layout.pool / a.crop) for a in plan.assignments]
@@ -558,7 +585,8 @@ def _best_info(task: Task, config: TrainConfig, plan: SplitPlan, record: RunReco
         "display_names": {c: task.display_name(c) for c in classes},
         "image_size": [int(v) for v in config.size],
         "resize": config.resize,
-        "model": config.model,
+        "model": "tuned" if config.tuned is not None else config.model,
+        "hparams": config.tuned.to_dict() if config.tuned is not None else None,
         "run": record.run,
         "seed": record.seed,
         "split": plan_to_dict(plan),
@@ -578,7 +606,8 @@ def _best_info(task: Task, config: TrainConfig, plan: SplitPlan, record: RunReco
         "batch_size": config.batch_size,
         "augment": config.augmented,
         "mixed_precision": config.mixed_precision,
-        "dropout": config.dropout if config.dropout is not None else default_dropout(config.model, len(classes)),
+        "dropout": config.tuned.dropout if config.tuned is not None else (
+            config.dropout if config.dropout is not None else default_dropout(config.model, len(classes))),
         "weights": config.model_weights,
         "fine_tune": _fine_tune_info(config),
         "input": {"color": "rgb", "resize": "bilinear", "range": "0-255 float; the model rescales itself",
@@ -708,13 +737,12 @@ def _draw_plots(
     runs: Sequence[RunRecord],
 ) -> tuple[Path, ...]:
     """Training curves, test box plots and the architecture; a plot that fails is skipped with a warning."""
-    title = f"{config.task}: {config.model}, {len(runs)} run(s)"
+    title = f"{config.task}: {'tuned' if config.tuned is not None else config.model}, {len(runs)} run(s)"
     jobs = (
         (CURVES_PLOT, lambda path: plots.plot_training_curves([h["history"] for h in histories], path, title)),
         (BOXPLOT, lambda path: plots.plot_test_boxplots(
             [r.test_accuracy for r in runs], [r.test_loss for r in runs], path, title)),
-        (ARCHITECTURE_PLOT, lambda path: plots.plot_architecture(
-            build_model(config.model, len(classes), config.size, weights=None), path)),
+        (ARCHITECTURE_PLOT, lambda path: plots.plot_architecture(_build(config, len(classes), None), path)),
     )
     written = []
     for name, draw in jobs:
@@ -773,7 +801,7 @@ def checked_image_size(task: str, value: tuple[int, int] | str | None) -> HW | s
     return HW(int(value[0]), int(value[1]))
 
 
-def _pool_fingerprint(records: Sequence[CropRecord], task: Task) -> str:
+def pool_fingerprint(records: Sequence[CropRecord], task: Task) -> str:
     """A hash of the task's crops (path, label, content), so --resume can tell the pool changed."""
     lines = sorted(f"{r.crop}\t{r.label}\t{r.crop_sha256}" for r in records if task.class_of(r.label) is not None)
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
@@ -822,6 +850,6 @@ def _show_best(bar: Bar, best: RunRecord | None, select: str) -> None:
 __all__ = [
     "ARCHITECTURE_PLOT", "BOXPLOT", "CURVES_PLOT", "PLOTS", "TrainConfig", "TrainResult", "best_epoch_callback",
     "checked_image_size", "class_weights", "fine_tune", "fixed_test_split", "free_large_buffers_eagerly", "macro_f1",
-    "probabilities", "resolve_image_size", "resolve_weights", "split_labels", "tensorboard_callback", "train",
+    "pool_fingerprint", "probabilities", "resolve_image_size", "resolve_weights", "split_labels", "tensorboard_callback", "train",
     "train_run",
 ]
