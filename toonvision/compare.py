@@ -16,6 +16,7 @@ written until every run has finished; a killed comparison leaves the previous ou
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -24,7 +25,7 @@ import json
 import logging
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,13 @@ from toonvision.constants import (
     FOLDER_LOCK,
 )
 from toonvision.errors import TrainingError, UsageError
+from toonvision.executors import Executor, LocalExecutor, RunOrder, RunSite, failure_message
 from toonvision.fsutil import atomic_write_text
 from toonvision.layout import Layout
 from toonvision.ledger import LEDGER_COLUMNS, RunRecord, describe, make_folder
 from toonvision.locks import locked
 from toonvision.manifest import load_pool
-from toonvision.progress import progress_bar
+from toonvision.progress import Bar, progress_bar
 from toonvision.split import SplitPlan, plan_split
 from toonvision.tasks import get_task
 from toonvision.train import TrainConfig, resolve_weights, train_run
@@ -189,8 +191,14 @@ def split_digest(plan: SplitPlan) -> str:
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:16]
 
 
-def compare(layout: Layout, config: CompareConfig, out: Path | None = None, progress: bool = False) -> CompareResult:
-    """Train every model of ``config`` on the same ``config.runs`` splits and write the comparison."""
+def compare(
+    layout: Layout, config: CompareConfig, out: Path | None = None, progress: bool = False,
+    executor: Executor | None = None,
+) -> CompareResult:
+    """Train every model of ``config`` on the same ``config.runs`` splits and write the comparison.
+
+    ``executor`` runs them (default: here, one at a time; see :mod:`toonvision.executors`).
+    """
     task = get_task(config.task, config.task_config)
     configs = {m: config.train_config(m) for m in config.models}
     weights = {m: resolve_weights(c) for m, c in configs.items()}  # a missing weights file fails before training
@@ -198,30 +206,70 @@ def compare(layout: Layout, config: CompareConfig, out: Path | None = None, prog
         records, _missing = load_pool(layout)
     out = Path(out) if out is not None else layout.compare_dir(task.name)
     make_folder(out, "--out")
-    runs: list[ComparedRun] = []
-    classes: tuple[str, ...] = ()
+
+    def plan(k: int) -> SplitPlan:
+        return plan_split(records, task, tuple(config.ratios), config.seed + k,
+                          group=config.group, min_per_class=config.min_per_class)
+
+    first = plan(0)
+    classes = tuple(first.classes)
+    if len(classes) < 2:
+        raise TrainingError(f"task {task.name!r} has fewer than 2 classes in {layout.pool}")
+    jobs = (CompareJob(model, configs[model], split, k, weights[model])
+            for k, split in ((k, first if k == 0 else plan(k)) for k in range(config.runs)) for model in config.models)
     with locked(out / FOLDER_LOCK, str(out)):
         bar = progress_bar(progress, config.runs * len(config.models), f"compare {config.task}", "run")
         try:
-            for k in range(config.runs):
-                plan = plan_split(records, task, tuple(config.ratios), config.seed + k,
-                                  group=config.group, min_per_class=config.min_per_class)
-                if not classes:
-                    classes = tuple(plan.classes)
-                    if len(classes) < 2:
-                        raise TrainingError(f"task {task.name!r} has fewer than 2 classes in {layout.pool}")
-                digest = split_digest(plan)
-                for model in config.models:
-                    finished = train_run(layout, configs[model], plan, k, weights[model])
-                    runs.append(ComparedRun(model, digest, finished.record, finished.history))
-                    del finished  # compare keeps no model
-                    bar.set_postfix_str(f"run {k} {model}: test accuracy {runs[-1].record.test_accuracy:.3f}")
-                    bar.update(1)
+            runs = _dispatch_runs(executor or LocalExecutor(), layout, first, jobs, bar, config)
         finally:
             bar.close()
         result = CompareResult(config, classes, tuple(runs), out)
         files = write_comparison(result, out)
     return CompareResult(config, classes, tuple(runs), out, tuple(files))
+
+
+@dataclass(frozen=True)
+class CompareJob:
+    """Run ``run`` of one model: its options, the shared split, and the weights."""
+
+    model: str
+    config: TrainConfig
+    plan: SplitPlan
+    run: int
+    weights: str | None
+
+
+def compare_job(site: RunSite, job: CompareJob) -> ComparedRun:
+    """The run function every executor calls: :func:`train_run`, keeping metrics and history (no model)."""
+    finished = train_run(site.layout(), job.config, job.plan, job.run, job.weights)
+    return ComparedRun(job.model, split_digest(job.plan), finished.record, dict(finished.history))
+
+
+def _dispatch_runs(
+    executor: Executor, layout: Layout, first: SplitPlan, jobs: Iterator[CompareJob], bar: Bar,
+    config: CompareConfig,
+) -> list[ComparedRun]:
+    """Every run through ``executor``, returned in job order (run, then model) whatever order they finish in."""
+    if executor.remote:
+        jobs = iter(list(jobs))
+    site = executor.site(layout, [layout.pool / a.crop for a in first.assignments])
+    order: RunOrder[ComparedRun] = RunOrder()
+    runs: list[ComparedRun] = []
+    with contextlib.closing(executor.map_runs(compare_job, jobs, site)) as outcomes:
+        for outcome in outcomes:
+            if outcome.ok:
+                done = outcome.value
+                bar.set_postfix_str(f"run {done.record.run} {done.model}: "
+                                    f"test accuracy {done.record.test_accuracy:.3f}")
+            bar.update(1)
+            runs.extend(order.add(outcome))
+    if order.failed:
+        models = len(config.models)
+        raise TrainingError(failure_message(
+            f"comparison of {config.task}", order.failed, order.waiting,
+            lambda i: f"run {i // models} of {config.models[i % models]}",
+        ) + "; nothing was written")
+    return runs
 
 
 def write_comparison(result: CompareResult, out: Path) -> list[Path]:
@@ -281,6 +329,7 @@ def _runs_csv(runs: Sequence[ComparedRun]) -> str:
 
 
 __all__ = [
-    "CompareConfig", "CompareResult", "ComparedRun", "compare", "describe", "mean_curves", "split_digest",
+    "CompareConfig", "CompareJob", "CompareResult", "ComparedRun", "compare", "compare_job", "describe",
+    "mean_curves", "split_digest",
     "write_comparison",
 ]

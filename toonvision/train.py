@@ -23,6 +23,7 @@ a promotion cut in half.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import datetime as dt
@@ -32,7 +33,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,7 @@ from toonvision.errors import (
     TrainingError,
     UsageError,
 )
+from toonvision.executors import Executor, LocalExecutor, RunOrder, RunSite, failure_message, portable
 from toonvision.layout import BEST_INFO, BEST_MODEL, Layout
 from toonvision.ledger import (
     LEDGER,
@@ -209,8 +211,14 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def train(layout: Layout, config: TrainConfig, progress: bool = False) -> TrainResult:
-    """Train ``config.runs`` runs (continuing a ledger with ``resume``) and keep the best on validation."""
+def train(
+    layout: Layout, config: TrainConfig, progress: bool = False, executor: Executor | None = None,
+) -> TrainResult:
+    """Train ``config.runs`` runs (continuing a ledger with ``resume``) and keep the best on validation.
+
+    ``executor`` runs them (default: here, one at a time; see :mod:`toonvision.executors`);
+    whatever runs them, this process commits them in run order.
+    """
     task = get_task(config.task, config.task_config)
     with locked(layout.lock_file, str(layout.img_dir)):
         records, _missing = load_pool(layout)
@@ -228,13 +236,8 @@ def train(layout: Layout, config: TrainConfig, progress: bool = False) -> TrainR
         bar = progress_bar(progress, config.runs, f"train {task.name}", "run", initial=min(resumed, config.runs))
         try:
             _show_best(bar, ledger.best)
-            for k in range(resumed, config.runs):
-                finished = train_run(layout, config, first if k == 0 else _plan(records, task, config, k), k, weights)
-                ledger.commit(finished, _best_info(task, config, finished.plan, finished.record))
-                bar.update(1)
-                _show_best(bar, ledger.best)
-                del finished  # the model: its memory goes back before the next run
-                _release_memory()
+            plans = (first if k == 0 else _plan(records, task, config, k) for k in range(resumed, config.runs))
+            _dispatch_runs(executor or LocalExecutor(), layout, config, first, plans, weights, ledger, task, bar)
         finally:
             bar.close()
         runs, best = ledger.done, ledger.best
@@ -244,6 +247,50 @@ def train(layout: Layout, config: TrainConfig, progress: bool = False) -> TrainR
         task.name, config.model, classes, runs, best, out, split_dir,
         config.seed, seed_chosen, resumed, plots,
     )
+
+
+# -- the runs: dispatched to an executor, committed here in run order -------------------------
+
+@dataclass(frozen=True)
+class RunJob:
+    """What one run needs besides the crops: the options, its split, its number and the weights."""
+
+    config: TrainConfig
+    plan: SplitPlan
+    run: int
+    weights: str | None
+
+
+def run_job(site: RunSite, job: RunJob) -> FinishedRun:
+    """The run function every executor calls: :func:`train_run` on the site's crops (the model as bytes remotely)."""
+    finished = train_run(site.layout(), job.config, job.plan, job.run, job.weights)
+    return portable(finished) if site.remote else finished
+
+
+def _dispatch_runs(
+    executor: Executor, layout: Layout, config: TrainConfig, first: SplitPlan, plans: Iterator[SplitPlan],
+    weights: str | None, ledger: Ledger, task: Task, bar: Bar,
+) -> None:
+    """Hand the runs to ``executor`` and commit them in run order as they arrive (the bar counts arrivals)."""
+    start = ledger.next_run
+    if executor.remote:
+        plans = iter(list(plans))  # every task is submitted at once
+    site = executor.site(layout, _crop_paths(layout, first))  # every plan splits the same crops
+    order: RunOrder[FinishedRun] = RunOrder(start)
+    jobs = (RunJob(config, plan, k, weights) for k, plan in enumerate(plans, start))
+    with contextlib.closing(executor.map_runs(run_job, jobs, site)) as outcomes:  # closing cancels what is left
+        for outcome in outcomes:
+            bar.update(1)
+            for finished in order.add(outcome):
+                ledger.commit(finished, _best_info(task, config, finished.plan, finished.record))
+                _show_best(bar, ledger.best)
+                del finished  # the model: its memory goes back before the next run
+            del outcome
+            _release_memory()
+    if order.failed:
+        raise TrainingError(failure_message(
+            f"training of {task.name}", order.failed, order.waiting, lambda k: f"run {k} (seed {config.seed + k})",
+        ) + f"; {ledger.next_run} run(s) are committed: run the same command with --resume to train the rest")
 
 
 # -- one run -------------------------------------------------------------------------------
@@ -307,8 +354,12 @@ def train_run(layout: Layout, config: TrainConfig, plan: SplitPlan, k: int, weig
 
 def _crops(layout: Layout, config: TrainConfig, plan: SplitPlan) -> CropCache:
     """The process's decoded-crop cache with every crop of ``plan``: decoded on the first call only."""
-    paths = [str(layout.pool / a.crop) for a in plan.assignments]
+    paths = [str(p) for p in _crop_paths(layout, plan)]
     return cache.crop_cache(layout.cache, paths, config.cache_budget, tuple(config.image_size))
+
+
+def _crop_paths(layout: Layout, plan: SplitPlan) -> list[Path]:
+    return [layout.pool / a.crop for a in plan.assignments]
 
 
 def _best_info(task: Task, config: TrainConfig, plan: SplitPlan, record: RunRecord) -> dict[str, Any]:
@@ -451,6 +502,6 @@ def _show_best(bar: Bar, best: RunRecord | None) -> None:
 
 
 __all__ = [
-    "ARCHITECTURE_PLOT", "BOXPLOT", "CURVES_PLOT", "PLOTS", "TrainConfig", "TrainResult",
-    "free_large_buffers_eagerly", "resolve_weights", "train", "train_run",
+    "ARCHITECTURE_PLOT", "BOXPLOT", "CURVES_PLOT", "PLOTS", "RunJob", "TrainConfig", "TrainResult",
+    "free_large_buffers_eagerly", "resolve_weights", "run_job", "train", "train_run",
 ]
