@@ -109,7 +109,7 @@ def test_bad_model_lists_are_usage_errors(models, message):
 def test_cli_reads_a_list_of_models(tmp_path, monkeypatch, argv, models):
     captured = {}
 
-    def fake_compare(layout, config, out=None, progress=False):
+    def fake_compare(layout, config, out=None, progress=False, executor=None):
         captured["config"] = config
         return compare_module.CompareResult(config, ("a", "b"), (), tmp_path)
 

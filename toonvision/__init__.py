@@ -16,6 +16,7 @@ Stages, one module each, data flowing one way::
     datasets   a split plan           -> tf.data pipelines
     models     a name                 -> a compiled Keras model
     train      repeated runs          -> finished runs, committed by the ledger
+    executors  independent runs       -> run here one at a time, or as Ray tasks (results in any order)
     ledger     finished runs          -> models/<task>/runs.csv, best.keras + best.json
     compare    models x re-splits     -> models/<task>/compare/
     metrics    labels, probabilities  -> accuracy, per-class F1, confusion matrix (pure)

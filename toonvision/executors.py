@@ -290,15 +290,22 @@ def _import_ray(local: bool = False) -> Any:
 
 def _connect(ray: Any, address: str) -> None:
     """Join the cluster at ``address`` (auto: $RAY_ADDRESS), or start a local one bound to 127.0.0.1."""
-    quiet = dict(include_dashboard=False, log_to_driver=logger.isEnabledFor(logging.DEBUG), logging_level=logging.ERROR)
     try:
         if _starts_local(address):
-            ray.init(address="local", _node_ip_address="127.0.0.1", **quiet)
+            start_local_cluster()
         else:
             ray.init(address=os.environ["RAY_ADDRESS"] if address == DEFAULT_ADDRESS else address,
-                     log_to_driver=quiet["log_to_driver"], logging_level=logging.ERROR)
+                     log_to_driver=logger.isEnabledFor(logging.DEBUG), logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise TrainingError(f"cannot reach a Ray cluster at {address!r}: {exc}") from None
+
+
+def start_local_cluster(num_cpus: int | None = None) -> str:
+    """Start a Ray cluster on this machine only (every service on 127.0.0.1, no dashboard); its address."""
+    ray = _import_ray(local=True)
+    ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
+             log_to_driver=logger.isEnabledFor(logging.DEBUG), logging_level=logging.ERROR)
+    return ray.get_runtime_context().gcs_address
 
 
 def _call(fn: Callable[[RunSite, J], R], site: RunSite, job: J, cpus: float, gpus: float) -> R:
@@ -347,4 +354,5 @@ def _describe(exc: BaseException) -> str:
 __all__ = [
     "CROP_SOURCES", "DEFAULT_ADDRESS", "EXECUTORS", "MAX_RETRIES", "Executor", "ExecutorOptions", "LocalExecutor",
     "Outcome", "RayExecutor", "RunOrder", "RunSite", "failure_message", "model_bytes", "open_executor", "portable",
+    "start_local_cluster",
 ]

@@ -276,7 +276,7 @@ def _dispatch_runs(
     if executor.remote:
         plans = iter(list(plans))  # every task is submitted at once
     site = executor.site(layout, _crop_paths(layout, first))  # every plan splits the same crops
-    order: RunOrder[FinishedRun] = RunOrder(start)
+    order: RunOrder[FinishedRun] = RunOrder()  # by position among the jobs: run start + position
     jobs = (RunJob(config, plan, k, weights) for k, plan in enumerate(plans, start))
     with contextlib.closing(executor.map_runs(run_job, jobs, site)) as outcomes:  # closing cancels what is left
         for outcome in outcomes:
@@ -289,7 +289,8 @@ def _dispatch_runs(
             _release_memory()
     if order.failed:
         raise TrainingError(failure_message(
-            f"training of {task.name}", order.failed, order.waiting, lambda k: f"run {k} (seed {config.seed + k})",
+            f"training of {task.name}", order.failed, order.waiting,
+            lambda i: f"run {start + i} (seed {config.seed + start + i})",
         ) + f"; {ledger.next_run} run(s) are committed: run the same command with --resume to train the rest")
 
 
