@@ -224,3 +224,18 @@ def test_options_are_checked_and_a_missing_ray_is_explained(monkeypatch):
     with pytest.raises(UsageError, match=r"pip install 'toonvision\[ray\]'"):
         with open_executor(ExecutorOptions(name="ray", address="local")):
             pass
+
+
+def test_closing_the_runs_cancels_the_outstanding_tasks(cluster):
+    """What Ctrl-C does (the train loop closes the iterator): the running tasks are cancelled, their CPUs freed."""
+
+    def sleeps_unless_first(site, job):
+        if job:
+            time.sleep(600)
+        return job
+
+    outcomes = ray_executor().map_runs(sleeps_unless_first, range(3), RunSite(remote=True))
+    assert next(outcomes).value == 0
+    outcomes.close()
+    quick = ray.remote(num_cpus=2)(lambda: "both CPUs are free again")
+    assert ray.get(quick.remote(), timeout=60) == "both CPUs are free again"
