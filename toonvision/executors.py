@@ -6,13 +6,13 @@ and yields an :class:`Outcome` per job as it completes (any order with Ray). The
 results itself, in run order (:class:`RunOrder`), so nothing but the driver ever writes to
 models/. What a Ray run gets::
 
-    driver                                   Ray worker (any node)
-    ├── plans splits and seeds               ├── RunSite.layout(): the crops, from
-    ├── RunSite: the crops, either           │   ├── store:  <tmp>/toonvision-ray/<digest>/img/unsorted/
-    │   ├── store:  their PNG bytes, put        │   │          written once per node (temp + rename)
-    │   │           once in the object store    │   └── shared: the driver's img/ at the same path
-    │   └── shared: img/'s path (shared storage)├── fn(site, job): the one run function
-    └── commits results in run order         └── returns metrics, history, the model as .keras bytes
+    driver                                       Ray worker (any node)
+    ├── plans splits and seeds                   ├── RunSite.layout(): the crops, from
+    ├── RunSite: the crops, either               │   ├── store:  <tmp>/toonvision-ray/<digest>/img/unsorted/
+    │   ├── store:  their PNG bytes, put once    │   │           (written once per node: temp + rename)
+    │   │           in the object store          │   └── shared: the driver's img/ at the same path
+    │   └── shared: img/'s path (shared storage) ├── fn(site, job): the one run function
+    └── commits results in run order             └── returns metrics, history, the model as .keras bytes
 
 Faults: a worker that dies mid-run is retried by Ray (``max_retries`` system failures); a run
 that raises or dies past its retries comes back as a failed Outcome and the other runs go on;
