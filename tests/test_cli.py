@@ -201,7 +201,7 @@ def test_img_dir_after_train_reaches_the_layout(tmp_path: Path, monkeypatch: pyt
         def summary(self) -> str:
             return "trained"
 
-    def fake_train(layout, options, progress=False):
+    def fake_train(layout, options, progress=False, executor=None):
         seen.append((layout, options))
         return Done()
 

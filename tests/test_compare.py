@@ -108,7 +108,7 @@ def test_bad_model_lists_are_usage_errors(models, message):
 def test_cli_reads_a_list_of_models(tmp_path, monkeypatch, argv, models):
     captured = {}
 
-    def fake_compare(layout, config, out=None, progress=False):
+    def fake_compare(layout, config, out=None, progress=False, executor=None):
         captured["config"] = config
         return compare_module.CompareResult(config, ("a", "b"), (), tmp_path)
 
@@ -173,7 +173,7 @@ def test_compare_scores_a_real_network_with_macro_f1_too(tmp_path):
 def test_the_cli_takes_the_reference_as_a_model(tmp_path, monkeypatch):
     captured = {}
 
-    def fake_compare(layout, config, out=None, progress=False):
+    def fake_compare(layout, config, out=None, progress=False, executor=None):
         captured["config"] = config
         return compare_module.CompareResult(config, ("a", "b"), (), tmp_path)
 

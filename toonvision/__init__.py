@@ -17,6 +17,7 @@ Stages, one module each, data flowing one way::
     datasets   a split plan           -> tf.data pipelines
     models     a name or hparams      -> a compiled Keras model
     train      repeated runs          -> finished runs, committed by the ledger
+    executors  independent runs       -> run here one at a time, or as Ray tasks (results in any order)
     ledger     finished runs          -> models/<task>/runs.csv, best.keras + best.json
     compare    models x re-splits     -> models/<task>/compare/
     tune       a search space         -> models/<task>/tune/ (keras-tuner trials, best_hparams.json)

@@ -55,6 +55,7 @@ from toonvision.constants import (
 )
 from toonvision.demo import MIN_SCREENSHOTS, DemoConfig, run_demo
 from toonvision.errors import ToonVisionError, UsageError
+from toonvision.executors import CROP_SOURCES, DEFAULT_ADDRESS, EXECUTORS, ExecutorOptions, open_executor
 from toonvision.layout import (
     BEST_INFO,
     BEST_MODEL,
@@ -349,6 +350,30 @@ config_option = click.option(
 task_option = click.option(
     "--task", "task_name", required=True, help=f"{', '.join(BUILTIN_TASKS)}, or a task of {CONFIG_NAME}.",
 )
+_EXECUTOR_OPTIONS = (
+    click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
+                 help="Where runs execute: here one at a time, or as Ray tasks (pip install 'toonvision[ray]')."),
+    click.option("--address", default=DEFAULT_ADDRESS, show_default=True, metavar="auto|local|HOST:PORT",
+                 help="Ray cluster: auto joins $RAY_ADDRESS, else starts one on 127.0.0.1 for this command."),
+    click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+                 help="Ray: CPUs each run requests (and TensorFlow's thread count)."),
+    click.option("--gpus-per-run", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                 help="Ray: GPUs each run requests; a fraction packs runs on one GPU (0.25: four)."),
+    click.option("--crops", "crop_source", type=click.Choice(CROP_SOURCES), default="store", show_default=True,
+                 help="Ray: ship the crops through the object store, or read img/ at the same path (shared storage)."),
+)
+
+
+def executor_options(command):
+    """--executor, --address, --cpus-per-run, --gpus-per-run and --crops (train, compare)."""
+    for option in reversed(_EXECUTOR_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _run_on(executor: str, address: str, cpus_per_run: float, gpus_per_run: float, crop_source: str):
+    """The executor the options ask for, as a context manager (Ray is imported only for --executor ray)."""
+    return open_executor(ExecutorOptions(executor, address, cpus_per_run, gpus_per_run, crop_source))
 
 
 def _task(name: str, config: Path | None):
@@ -490,6 +515,7 @@ weights_option = click.option(
 @no_group_option
 @min_per_class_option
 @config_option
+@executor_options
 @pass_context
 @_reports_errors
 def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, seed: int | None,
@@ -497,7 +523,8 @@ def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, see
           fine_tune: bool, fine_tune_epochs: int, resume: bool, overwrite: bool, mixed_precision: bool,
           class_weight: str, select: str, patience: int | None, resplit_test: bool, ensemble: int | None,
           tensorboard: Path | None, hparams: Path | None,
-          no_group: bool, min_per_class: int | None, config: Path | None) -> None:
+          no_group: bool, min_per_class: int | None, config: Path | None, executor: str, address: str,
+          cpus_per_run: float, gpus_per_run: float, crop_source: str) -> None:
     """Train over repeated re-splits of the pool; keep the run best on validation in models/<task>/."""
     _quiet_tensorflow(ctx)
     from toonvision import train as stage
@@ -513,7 +540,8 @@ def train(ctx: _Context, task_name: str, runs: int, epochs: int, model: str, see
         ensemble=ensemble or 0, tensorboard=tensorboard,
         hparams=hparams,
     )
-    result = stage.train(ctx.layout, options, progress=ctx.progress)
+    with _run_on(executor, address, cpus_per_run, gpus_per_run, crop_source) as runner:
+        result = stage.train(ctx.layout, options, progress=ctx.progress, executor=runner)
     if not ctx.quiet:
         click.echo(result.summary())
 
@@ -790,12 +818,14 @@ def _parse_models(ctx: click.Context, param: click.Parameter, values: tuple[str,
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help=f"Folder for the comparison. [default: models/<task>/{COMPARE_DIR}/]")
 @config_option
+@executor_options
 @pass_context
 @_reports_errors
 def compare(ctx: _Context, task_name: str, models: tuple[str, ...], runs: int, epochs: int, seed: int,
             ratio: tuple[float, ...], image_size: HW | str, resize: str, batch_size: int, weights: str,
             class_weight: str, select: str, patience: int | None, resplit_test: bool, no_group: bool,
-            min_per_class: int | None, out: Path | None, config: Path | None) -> None:
+            min_per_class: int | None, out: Path | None, config: Path | None, executor: str, address: str,
+            cpus_per_run: float, gpus_per_run: float, crop_source: str) -> None:
     """Train several models on the same re-splits; plot their curves and test metrics side by side."""
     _quiet_tensorflow(ctx)
     from toonvision import compare as stage
@@ -807,7 +837,8 @@ def compare(ctx: _Context, task_name: str, models: tuple[str, ...], runs: int, e
         weights=None if weights.lower() == "none" else weights, task_config=find_config(config),
         verbose=ctx.verbose, class_weight=class_weight, select=select, patience=patience, resplit_test=resplit_test,
     )
-    result = stage.compare(ctx.layout, options, out=out, progress=ctx.progress)
+    with _run_on(executor, address, cpus_per_run, gpus_per_run, crop_source) as runner:
+        result = stage.compare(ctx.layout, options, out=out, progress=ctx.progress, executor=runner)
     if not ctx.quiet:
         click.echo(result.summary())
 

@@ -23,7 +23,9 @@ written until every run has finished; a killed comparison leaves the previous ou
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import datetime as dt
 import hashlib
 import io
@@ -33,7 +35,7 @@ import math
 import os
 import shutil
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,7 @@ from toonvision.fsutil import (
     remove_stale_temp_files,
     swap_directory,
 )
+from toonvision.executors import Executor, LocalExecutor, RunOrder, RunSite, failure_message
 from toonvision.layout import Layout
 from toonvision.ledger import (
     LEDGER_COLUMNS,
@@ -75,7 +78,7 @@ from toonvision.ledger import (
 from toonvision.locks import locked
 from toonvision.manifest import CropRecord, load_pool
 from toonvision.models import get_model_spec
-from toonvision.progress import progress_bar
+from toonvision.progress import Bar, progress_bar
 from toonvision.reference import REFERENCE_MODEL, FeatureTable, reference_run
 from toonvision.split import SplitPlan, plan_split
 from toonvision.tasks import Task, get_task
@@ -249,8 +252,14 @@ def split_digest(plan: SplitPlan) -> str:
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:16]
 
 
-def compare(layout: Layout, config: CompareConfig, out: Path | None = None, progress: bool = False) -> CompareResult:
-    """Train every model of ``config`` on the same ``config.runs`` splits and write the comparison."""
+def compare(
+    layout: Layout, config: CompareConfig, out: Path | None = None, progress: bool = False,
+    executor: Executor | None = None,
+) -> CompareResult:
+    """Train every model of ``config`` on the same ``config.runs`` splits and write the comparison.
+
+    ``executor`` runs them (default: here, one at a time; see :mod:`toonvision.executors`).
+    """
     task = get_task(config.task, config.task_config)
     with locked(layout.lock_file, str(layout.img_dir)):
         records, _missing = load_pool(layout)
@@ -259,32 +268,23 @@ def compare(layout: Layout, config: CompareConfig, out: Path | None = None, prog
     weights = {m: resolve_weights(c) for m, c in configs.items()}  # a missing weights file fails before training
     out = Path(out) if out is not None else layout.compare_dir(task.name)
     make_folder(out, "--out")
-    runs: list[ComparedRun] = []
-    classes: tuple[str, ...] = ()
-    table = FeatureTable(config.resize)
-    fixed_test = fixed_test_split(records, task, config.train_config(DEFAULT_MODEL))  # one for every model and run
+    shared = config.train_config(DEFAULT_MODEL)  # what every model shares: size, resize, seed, the reference's options
+    fixed_test = fixed_test_split(records, task, shared)  # one test split for every model and run
+
+    def plan(k: int) -> SplitPlan:
+        return plan_split(records, task, tuple(config.ratios), config.seed + k,
+                          group=config.group, min_per_class=config.min_per_class, fixed_test=fixed_test)
+
+    first = plan(0)
+    classes = tuple(first.classes)
+    if len(classes) < 2:
+        raise TrainingError(f"task {task.name!r} has fewer than 2 classes in {layout.pool}")
+    jobs = (CompareJob(model, configs.get(model, shared), split, k, weights.get(model))
+            for k, split in ((k, first if k == 0 else plan(k)) for k in range(config.runs)) for model in config.models)
     with locked(out.with_name(f".{out.name}{FOLDER_LOCK}"), str(out)):  # beside out: out itself is swapped
         bar = progress_bar(progress, config.runs * len(config.models), f"compare {config.task}", "run")
         try:
-            for k in range(config.runs):
-                plan = plan_split(records, task, tuple(config.ratios), config.seed + k,
-                                  group=config.group, min_per_class=config.min_per_class, fixed_test=fixed_test)
-                if not classes:
-                    classes = tuple(plan.classes)
-                    if len(classes) < 2:
-                        raise TrainingError(f"task {task.name!r} has fewer than 2 classes in {layout.pool}")
-                digest = split_digest(plan)
-                for model in config.models:
-                    if model == REFERENCE_MODEL:
-                        crops = _crops(layout, plan, tuple(config.image_size))
-                        record, _scores = reference_run(plan, layout.pool, k, config.seed + k, crops, table)
-                        runs.append(ComparedRun(model, digest, record, {}))
-                    else:
-                        finished = train_run(layout, configs[model], plan, k, weights[model])
-                        runs.append(ComparedRun(model, digest, finished.record, finished.history))
-                        del finished  # compare keeps no model
-                    bar.set_postfix_str(f"run {k} {model}: test accuracy {runs[-1].record.test_accuracy:.3f}")
-                    bar.update(1)
+            runs = _dispatch_runs(executor or LocalExecutor(), layout, first, jobs, bar, config)
         finally:
             bar.close()
         result = CompareResult(config, classes, tuple(runs), out)
@@ -305,6 +305,61 @@ def _crops(layout: Layout, plan: SplitPlan, size: tuple[int, int], budget: int |
     """The decoded crops of ``plan``: the same process-wide cache the networks' runs use."""
     paths = [str(layout.pool / a.crop) for a in plan.assignments]
     return cache.crop_cache(layout.cache, paths, budget, size)
+
+
+@dataclass(frozen=True)
+class CompareJob:
+    """Run ``run`` of one model: its options, the shared split, and the weights."""
+
+    model: str
+    config: TrainConfig
+    plan: SplitPlan
+    run: int
+    weights: str | None
+
+
+def compare_job(site: RunSite, job: CompareJob) -> ComparedRun:
+    """The run function every executor calls: :func:`train_run` (or the reference's fit), metrics and history only."""
+    if job.model == REFERENCE_MODEL:
+        layout, c = site.layout(), job.config
+        crops = _crops(layout, job.plan, c.size, c.cache_budget)
+        record, _scores = reference_run(job.plan, layout.pool, job.run, c.seed + job.run, crops, _features(c.resize))
+        return ComparedRun(job.model, split_digest(job.plan), record, {})
+    finished = train_run(site.layout(), job.config, job.plan, job.run, job.weights)
+    return ComparedRun(job.model, split_digest(job.plan), finished.record, dict(finished.history))
+
+
+@functools.cache
+def _features(resize: str) -> FeatureTable:
+    """The reference's features, computed once per crop and resize mode in this process, then reused by every run."""
+    return FeatureTable(resize)
+
+
+def _dispatch_runs(
+    executor: Executor, layout: Layout, first: SplitPlan, jobs: Iterator[CompareJob], bar: Bar,
+    config: CompareConfig,
+) -> list[ComparedRun]:
+    """Every run through ``executor``, returned in job order (run, then model) whatever order they finish in."""
+    if executor.remote:
+        jobs = iter(list(jobs))
+    site = executor.site(layout, [layout.pool / a.crop for a in first.assignments])
+    order: RunOrder[ComparedRun] = RunOrder()
+    runs: list[ComparedRun] = []
+    with contextlib.closing(executor.map_runs(compare_job, jobs, site)) as outcomes:
+        for outcome in outcomes:
+            if outcome.ok:
+                done = outcome.value
+                bar.set_postfix_str(f"run {done.record.run} {done.model}: "
+                                    f"test accuracy {done.record.test_accuracy:.3f}")
+            bar.update(1)
+            runs.extend(order.add(outcome))
+    if order.failed:
+        models = len(config.models)
+        raise TrainingError(failure_message(
+            f"comparison of {config.task}", order.failed, order.waiting,
+            lambda i: f"run {i // models} of {config.models[i % models]}",
+        ) + "; nothing was written")
+    return runs
 
 
 def write_comparison(result: CompareResult, out: Path) -> list[Path]:
@@ -397,6 +452,6 @@ def _runs_csv(runs: Sequence[ComparedRun]) -> str:
 
 
 __all__ = [
-    "CompareConfig", "CompareResult", "ComparedRun", "compare", "describe", "mean_curves", "resolve_compare_size",
-    "split_digest", "write_comparison",
+    "CompareConfig", "CompareJob", "CompareResult", "ComparedRun", "compare", "compare_job", "describe",
+    "mean_curves", "resolve_compare_size", "split_digest", "write_comparison",
 ]

@@ -30,6 +30,7 @@ a promotion cut in half.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import datetime as dt
@@ -40,7 +41,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,7 @@ from toonvision.errors import (
     TrainingError,
     UsageError,
 )
+from toonvision.executors import Executor, LocalExecutor, RunOrder, RunSite, failure_message, portable
 from toonvision.fsutil import atomic_write_text
 from toonvision.layout import BEST_INFO, BEST_MODEL, ENSEMBLE_INFO, ENSEMBLE_MODEL, Layout
 from toonvision.ledger import (
@@ -318,8 +320,14 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def train(layout: Layout, config: TrainConfig, progress: bool = False) -> TrainResult:
-    """Train ``config.runs`` runs (continuing a ledger with ``resume``) and keep the best on validation."""
+def train(
+    layout: Layout, config: TrainConfig, progress: bool = False, executor: Executor | None = None,
+) -> TrainResult:
+    """Train ``config.runs`` runs (continuing a ledger with ``resume``) and keep the best on validation.
+
+    ``executor`` runs them (default: here, one at a time; see :mod:`toonvision.executors`);
+    whatever runs them, this process commits them in run order.
+    """
     task = get_task(config.task, config.task_config)
     with locked(layout.lock_file, str(layout.img_dir)):
         records, _missing = load_pool(layout)
@@ -339,14 +347,9 @@ def train(layout: Layout, config: TrainConfig, progress: bool = False) -> TrainR
         bar = progress_bar(progress, config.runs, f"train {task.name}", "run", initial=min(resumed, config.runs))
         try:
             _show_best(bar, ledger.best, config.select)
-            for k in range(resumed, config.runs):
-                plan = first if k == 0 else _plan(records, task, config, k, fixed_test)
-                finished = train_run(layout, config, plan, k, weights)
-                ledger.commit(finished, _best_info(task, config, finished.plan, finished.record))
-                bar.update(1)
-                _show_best(bar, ledger.best, config.select)
-                del finished  # the model: its memory goes back before the next run
-                _release_memory()
+            plans = (first if k == 0 else _plan(records, task, config, k, fixed_test)
+                     for k in range(resumed, config.runs))
+            _dispatch_runs(executor or LocalExecutor(), layout, config, first, plans, weights, ledger, task, bar)
         finally:
             bar.close()
         runs, best = ledger.done, ledger.best
@@ -357,6 +360,51 @@ def train(layout: Layout, config: TrainConfig, progress: bool = False) -> TrainR
         task.name, config.model, classes, runs, best, out, split_dir,
         config.seed, seed_chosen, resumed, plots, config.select, not config.resplit_test, ensemble,
     )
+
+
+# -- the runs: dispatched to an executor, committed here in run order -------------------------
+
+@dataclass(frozen=True)
+class RunJob:
+    """What one run needs besides the crops: the options, its split, its number and the weights."""
+
+    config: TrainConfig
+    plan: SplitPlan
+    run: int
+    weights: str | None
+
+
+def run_job(site: RunSite, job: RunJob) -> FinishedRun:
+    """The run function every executor calls: :func:`train_run` on the site's crops (the model as bytes remotely)."""
+    finished = train_run(site.layout(), job.config, job.plan, job.run, job.weights)
+    return portable(finished) if site.remote else finished
+
+
+def _dispatch_runs(
+    executor: Executor, layout: Layout, config: TrainConfig, first: SplitPlan, plans: Iterator[SplitPlan],
+    weights: str | None, ledger: Ledger, task: Task, bar: Bar,
+) -> None:
+    """Hand the runs to ``executor`` and commit them in run order as they arrive (the bar counts arrivals)."""
+    start = ledger.next_run
+    if executor.remote:
+        plans = iter(list(plans))  # every task is submitted at once
+    site = executor.site(layout, _crop_paths(layout, first))  # every plan splits the same crops
+    order: RunOrder[FinishedRun] = RunOrder()  # by position among the jobs: run start + position
+    jobs = (RunJob(config, plan, k, weights) for k, plan in enumerate(plans, start))
+    with contextlib.closing(executor.map_runs(run_job, jobs, site)) as outcomes:  # closing cancels what is left
+        for outcome in outcomes:
+            bar.update(1)
+            for finished in order.add(outcome):
+                ledger.commit(finished, _best_info(task, config, finished.plan, finished.record))
+                _show_best(bar, ledger.best, config.select)
+                del finished  # the model: its memory goes back before the next run
+            del outcome
+            _release_memory()
+    if order.failed:
+        raise TrainingError(failure_message(
+            f"training of {task.name}", order.failed, order.waiting,
+            lambda i: f"run {start + i} (seed {config.seed + start + i})",
+        ) + f"; {ledger.next_run} run(s) are committed: run the same command with --resume to train the rest")
 
 
 # -- one run -------------------------------------------------------------------------------
@@ -567,8 +615,12 @@ def _build(config: TrainConfig, num_classes: int, weights: str | None, seed: int
 
 def _crops(layout: Layout, config: TrainConfig, plan: SplitPlan) -> CropCache:
     """The process's decoded-crop cache with every crop of ``plan``: decoded on the first call only."""
-    paths = [str(layout.pool / a.crop) for a in plan.assignments]
+    paths = [str(p) for p in _crop_paths(layout, plan)]
     return cache.crop_cache(layout.cache, paths, config.cache_budget, config.size)
+
+
+def _crop_paths(layout: Layout, plan: SplitPlan) -> list[Path]:
+    return [layout.pool / a.crop for a in plan.assignments]
 
 
 def _best_info(task: Task, config: TrainConfig, plan: SplitPlan, record: RunRecord) -> dict[str, Any]:
@@ -848,8 +900,8 @@ def _show_best(bar: Bar, best: RunRecord | None, select: str) -> None:
 
 
 __all__ = [
-    "ARCHITECTURE_PLOT", "BOXPLOT", "CURVES_PLOT", "PLOTS", "TrainConfig", "TrainResult", "best_epoch_callback",
-    "checked_image_size", "class_weights", "fine_tune", "fixed_test_split", "free_large_buffers_eagerly", "macro_f1",
-    "pool_fingerprint", "probabilities", "resolve_image_size", "resolve_weights", "split_labels", "tensorboard_callback", "train",
-    "train_run",
+    "ARCHITECTURE_PLOT", "BOXPLOT", "CURVES_PLOT", "PLOTS", "RunJob", "TrainConfig", "TrainResult",
+    "best_epoch_callback", "checked_image_size", "class_weights", "fine_tune", "fixed_test_split",
+    "free_large_buffers_eagerly", "macro_f1", "pool_fingerprint", "probabilities", "resolve_image_size",
+    "resolve_weights", "run_job", "split_labels", "tensorboard_callback", "train", "train_run",
 ]
