@@ -81,9 +81,12 @@ def test_train_defaults_are_train_configs() -> None:
     from toonvision.train import TrainConfig
 
     config, params = TrainConfig(task="binary"), parsed("train", "--task", "binary")
-    assert (params["model"], params["runs"], params["epochs"], params["ratio"], params["image_size"],
+    from_cli = TrainConfig(task="binary", model=params["model"], image_size=params["image_size"])
+    assert (from_cli.model, params["runs"], params["epochs"], params["ratio"], from_cli.image_size,
             params["batch_size"], params["weights"]) == (
         config.model, config.runs, config.epochs, config.ratios, config.image_size, config.batch_size, config.weights)
+    # the model and size follow the task: the original network at 600x200 for ToonVision, smallres on auto elsewhere
+    assert (config.model, TrainConfig(task="label").model) == ("baseline", "smallres")
     assert (params["class_weight"], params["select"], params["patience"], params["resplit_test"],
             params["ensemble"] or 0, params["tensorboard"]) == (
         config.class_weight, config.select, config.patience, config.resplit_test, config.ensemble, config.tensorboard)

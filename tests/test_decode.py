@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf  # noqa: E402
 
+from toonvision.constants import AUTO_SIZE_MAX_SIDE  # noqa: E402
 from toonvision.datasets import from_directory  # noqa: E402
 from toonvision.decode import (  # noqa: E402
     auto_image_size,
@@ -169,7 +170,13 @@ def test_an_unknown_resize_mode_is_a_usage_error():
     ([(9, 9)], 1, (16, 16)),  # never under one multiple
 ])
 def test_auto_size_follows_the_crop_sizes(sizes, min_side, expected):
-    assert auto_image_size(sizes, min_side) == expected
+    assert auto_image_size(sizes, min_side, max_side=128) == expected
+
+
+def test_auto_size_keeps_the_longer_side_under_the_default_cap():
+    assert AUTO_SIZE_MAX_SIDE == 64
+    assert auto_image_size([(600, 200), (580, 210), (620, 190)]) == (64, 16)  # 64 x 21.3, to a multiple of 16
+    assert auto_image_size([(110, 104)]) == (64, 64)
 
 
 def test_auto_size_is_deterministic_for_a_pool():

@@ -595,10 +595,10 @@ def test_auto_size_comes_from_the_crops_of_the_task_only(tmp_path):
 
     records = [crop("cog_bb_a", 90 + i, 60, i) for i in range(5)] + [crop("toon_cat", 400, 400, i) for i in range(9)]
     config = resolve_image_size(TrainConfig(task="suit", image_size="auto"), records, get_task("suit"))
-    assert config.image_size == (96, 64)  # the Cogs' median 92 x 60; the (more) Toons are not in the task
+    assert config.image_size == (64, 48)  # the Cogs' median 92 x 60 to a longer side of 64; no Toons in it
     assert resolve_image_size(TrainConfig(task="suit", image_size="auto"), records[::-1], get_task("suit")) == config
     everything = resolve_image_size(TrainConfig(task="label"), records, get_task("label"))
-    assert everything.image_size == (128, 128)  # the median 400 x 400 capped at a longer side of 128
+    assert everything.image_size == (64, 64)  # the median 400 x 400 capped at a longer side of 64
     fixed = TrainConfig(task="suit", image_size=(48, 44))
     assert resolve_image_size(fixed, records, get_task("suit")) is fixed
 
@@ -612,7 +612,7 @@ def test_a_padded_auto_sized_model_is_used_the_same_way_by_evaluate_and_predict(
     from toonvision.predict import predict
 
     layout, _ = write_colour_pool(tmp_path / "img", {"cog_bb_a": 10, "toon_cat": 10}, size=(20, 70))  # tall
-    result = train(layout, TrainConfig(task="label", resize="pad", batch_size=4, epochs=1, seed=5))
+    result = train(layout, TrainConfig(task="label", model="baseline", resize="pad", batch_size=4, epochs=1, seed=5))
     info = json.loads((result.output / BEST_INFO).read_text())
     assert (info["image_size"], info["resize"]) == ([64, 48], "pad")  # auto: 70 x 20 -> 64 x 16, floored at 44
     assert info["input"]["aspect"] == "kept, centred in zero bands"

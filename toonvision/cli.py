@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from toonvision.constants import (
+    AUTO_SIZE_TASKS,
     CLASS_WEIGHT_MODES,
     DEFAULT_BATCH_SIZE,
     DEFAULT_CLASS_WEIGHT,
@@ -43,19 +44,26 @@ from toonvision.constants import (
     DEFAULT_WEIGHTS,
     DEFAULT_WORST,
     EXPORT_FORMATS,
+    GENERIC_MODEL,
     HW,
     IMAGE_SIZE_AUTO,
     PREDICTION_FORMATS,
     RESIZE_MODES,
-    default_image_size,
     SELECT_METRICS,
     TUNE_ALGORITHMS,
     TUNE_OBJECTIVES,
+    default_image_size,
     parse_hw,
 )
 from toonvision.demo import MIN_SCREENSHOTS, DemoConfig, run_demo
 from toonvision.errors import ToonVisionError, UsageError
-from toonvision.executors import CROP_SOURCES, DEFAULT_ADDRESS, EXECUTORS, ExecutorOptions, open_executor
+from toonvision.executors import (
+    CROP_SOURCES,
+    DEFAULT_ADDRESS,
+    EXECUTORS,
+    ExecutorOptions,
+    open_executor,
+)
 from toonvision.layout import (
     BEST_INFO,
     BEST_MODEL,
@@ -484,8 +492,9 @@ weights_option = click.option(
 @click.option("--runs", type=click.IntRange(min=1), default=DEFAULT_RUNS, show_default=True,
               help="Independent runs, each on its own re-split of the pool (seed + run).")
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True)
-@click.option("--model", type=click.Choice(MODEL_NAMES), default=DEFAULT_MODEL,
-              show_default=True, help="optimized adds augmentation, dropout and learning-rate decay.")
+@click.option("--model", type=click.Choice(MODEL_NAMES),
+              help=f"optimized adds augmentation, dropout and learning-rate decay to baseline. [default: "
+                   f"{GENERIC_MODEL} for {', '.join(AUTO_SIZE_TASKS)}, {DEFAULT_MODEL} for the ToonVision tasks]")
 @click.option("--seed", type=click.IntRange(min=0),
               help="Seed of run 0 (run k uses seed + k). [default: chosen and printed; --resume keeps it]")
 @ratio_option

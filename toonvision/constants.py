@@ -57,19 +57,25 @@ DEFAULT_IMAGE_SIZE = HW(600, 200)  # entities are tall
 IMAGE_SIZE_AUTO = "auto"  # --image-size auto: chosen from the task's crop sizes (decode.auto_image_size)
 AUTO_SIZE_TASKS = ("label",)  # tasks whose default --image-size is auto: any labelImg data, crops of any shape
 AUTO_SIZE_MULTIPLE = 16  # auto sizes are multiples of this
-AUTO_SIZE_MAX_SIDE = 128  # the longer auto side at most (aspect kept): CPU training time grows with the pixels
+AUTO_SIZE_MAX_SIDE = 64  # the longer auto side at most (aspect kept): CPU training time grows with the pixels
 RESIZE_MODES = ("stretch", "pad")  # stretch: tf.image.resize; pad: aspect kept, zero bands (Keras' pad_to_aspect_ratio)
 DEFAULT_RESIZE = "stretch"
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_EPOCHS = 25
 DEFAULT_RUNS = 1
-DEFAULT_MODEL = "baseline"
+DEFAULT_MODEL = "baseline"  # the ToonVision tasks: the original project's network, at 600x200
+GENERIC_MODEL = "smallres"  # the generic tasks (any labelImg data): the residual CNN that measured best (README)
 DEFAULT_WEIGHTS = "imagenet"  # mobilenetv2's base: ImageNet weights from Keras' cache (downloaded when missing)
 
 
 def default_image_size(task: str) -> HW | str:
     """The --image-size a task gets when none is given: auto for the generic tasks, 600x200 for ToonVision's."""
     return IMAGE_SIZE_AUTO if task in AUTO_SIZE_TASKS else DEFAULT_IMAGE_SIZE
+
+
+def default_model(task: str) -> str:
+    """The --model a task gets when none is given: smallres for the generic tasks, baseline for ToonVision's."""
+    return GENERIC_MODEL if task in AUTO_SIZE_TASKS else DEFAULT_MODEL
 
 
 # Imbalance and selection (toonvision.train, toonvision.compare), chosen by measurement (README)

@@ -55,7 +55,6 @@ from toonvision.constants import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CLASS_WEIGHT,
     DEFAULT_EPOCHS,
-    DEFAULT_MODEL,
     DEFAULT_PATIENCE,
     DEFAULT_RATIOS,
     DEFAULT_RESIZE,
@@ -65,6 +64,7 @@ from toonvision.constants import (
     HW,
     IMAGE_SIZE_AUTO,
     default_image_size,
+    default_model,
 )
 from toonvision.decode import auto_image_size, check_resize_mode, find_undecodable
 from toonvision.ensemble import build_ensemble, write_ensemble
@@ -141,7 +141,7 @@ class TrainConfig:
     """Everything that decides what ``train`` does; validated on construction."""
 
     task: str
-    model: str = DEFAULT_MODEL
+    model: str | None = None  # None: the task's default (constants.default_model)
     runs: int = DEFAULT_RUNS
     epochs: int = DEFAULT_EPOCHS
     seed: int | None = None  # None: chosen at random (or, with resume, the resumed training's)
@@ -176,11 +176,13 @@ class TrainConfig:
     tuned: Hyperparameters | None = field(init=False, default=None, repr=False, compare=False)  # read from hparams
 
     def __post_init__(self) -> None:
-        get_model_spec(self.model)
         if self.hparams is not None:
-            if self.model != DEFAULT_MODEL or self.dropout is not None:
+            if self.model is not None or self.dropout is not None:
                 raise UsageError("--hparams describes the model and its dropout; leave out --model")
             object.__setattr__(self, "tuned", load_hparams(self.hparams))
+        if self.model is None:
+            object.__setattr__(self, "model", default_model(self.task))
+        get_model_spec(self.model)
         if self.class_weight not in CLASS_WEIGHT_MODES:
             raise UsageError(
                 f"--class-weight must be one of {', '.join(CLASS_WEIGHT_MODES)}, got {self.class_weight!r}"
