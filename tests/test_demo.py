@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from helpers import cli, tree
 
+from toonvision.cli import main
 from toonvision.demo import MARKER, DemoConfig, run_demo
 
 TINY = dict(screenshots=20, runs=1, epochs=1, tasks=("binary",), image_size=(48, 44))
@@ -54,3 +55,5 @@ def test_demo_help_shows_the_measured_defaults_and_the_model_and_size_options():
                             ("--epochs", config.epochs), ("--model", config.model),
                             ("--image-size", f"{config.image_size.height}x{config.image_size.width}")):
         assert option in text and f"default: {default}" in text
+    with main.commands["demo"].make_context("demo", []) as ctx:  # what a bare `toonvision demo` runs with
+        assert (ctx.params["model"], ctx.params["image_size"]) == (config.model, config.image_size)
