@@ -30,9 +30,9 @@ MIN_SCREENSHOTS = 20  # fewer may leave a suit out
 class DemoConfig:
     """What the demo makes and trains; the CLI's defaults are these."""
 
-    # Chosen by measurement (README, `toonvision demo`): at 132x44 the baseline trains about 20 times faster
-    # than at 600x200, so 300 screenshots and 3 runs of 20 epochs fit in under two minutes on 2 cores and
-    # end at 0.99 binary and 0.98 suit test accuracy (seeds 0 and 1); 2 runs of 4 epochs at 600x200 ended at 0.73.
+    # Chosen by measurement (README, `toonvision demo`): 132x44 has a twentieth of the pixels of 600x200, so
+    # 300 screenshots and 3 runs of 20 epochs took about 65 CPU seconds and ended at 0.99 binary and 0.98 suit
+    # test accuracy (seeds 0 and 1); 150 screenshots and 2 runs of 4 epochs at 600x200 ended at 0.73 suit.
     root: Path = Path("toonvision-demo")
     screenshots: int = 300
     seed: int = 0
