@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from helpers import cli, tree
 
+from toonvision.cli import main
 from toonvision.demo import MARKER, DemoConfig, run_demo
 
 TINY = dict(screenshots=20, runs=1, epochs=1, tasks=("binary",), image_size=(48, 44))
@@ -23,9 +24,17 @@ def test_demo_refuses_a_folder_it_did_not_make_and_leaves_it_byte_for_byte(tmp_p
 
 def test_demo_runs_every_stage_and_a_rerun_reuses_its_screenshots_and_pool(tmp_path):
     root = tmp_path / "demo"
-    steps = [step.stage for step in run_demo(DemoConfig(root=root, **TINY))]
+    made_steps = list(run_demo(DemoConfig(root=root, **TINY)))
+    steps = [step.stage for step in made_steps]
     assert steps == ["synth", "extract", "balance-report", "split binary", "train binary", "evaluate binary",
                      "report binary", "done"]
+    done = made_steps[-1].text
+    assert f"report {root / 'models' / 'binary' / 'report.html'}" in done
+    assert (root / "models" / "binary" / "report.html").is_file()
+    assert f"predict {root}/models/binary {root}/img/data/binary/test" in done
+    own = done.splitlines()[-1]
+    assert own.startswith("your own data: put labelImg screenshots + XML in img/raw/screenshots")
+    assert "`toonvision extract`" in own and "--runs 1 --epochs 1 --image-size 48x44" in own
     assert (root / MARKER).exists()
     assert (root / "models" / "binary" / "best.keras").is_file()
     assert (root / "models" / "binary" / "evaluation" / "evaluation.json").is_file()
@@ -37,3 +46,14 @@ def test_demo_runs_every_stage_and_a_rerun_reuses_its_screenshots_and_pool(tmp_p
     assert (synth.stage, extract.stage) == ("synth", "extract")
     now = {name: data for name, data in tree(root / "img").items() if name.startswith(("raw/", "unsorted/"))}
     assert now == made  # the same screenshots and pool, nothing added
+
+
+def test_demo_help_shows_the_measured_defaults_and_the_model_and_size_options():
+    text = " ".join(cli("demo", "--help").output.split())  # help wraps at 80 columns
+    config = DemoConfig()
+    for option, default in (("--screenshots", config.screenshots), ("--runs", config.runs),
+                            ("--epochs", config.epochs), ("--model", config.model),
+                            ("--image-size", f"{config.image_size.height}x{config.image_size.width}")):
+        assert option in text and f"default: {default}" in text
+    with main.commands["demo"].make_context("demo", []) as ctx:  # what a bare `toonvision demo` runs with
+        assert (ctx.params["model"], ctx.params["image_size"]) == (config.model, config.image_size)

@@ -870,6 +870,10 @@ def report(ctx: _Context, folder: Path | None, task_name: str | None, out: Path 
         click.echo(f"wrote {path}")
 
 
+def _parse_demo_image_size(ctx: click.Context, param: click.Parameter, value: str | None) -> HW:
+    return _DEMO.image_size if value is None else _parse_hw(value)
+
+
 @main.command()
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=_DEMO.root,
               show_default=True, help="A fresh folder for the demo's data and models (never your img/).")
@@ -878,13 +882,19 @@ def report(ctx: _Context, folder: Path | None, task_name: str | None, out: Path 
 @click.option("--runs", type=click.IntRange(min=1), default=_DEMO.runs, show_default=True,
               help="Training runs per task.")
 @click.option("--epochs", type=click.IntRange(min=1), default=_DEMO.epochs, show_default=True, help="Epochs per run.")
-@click.option("--seed", type=click.IntRange(min=0), default=_DEMO.seed, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=_DEMO.seed, show_default=True,
+              help="Seed of the screenshots, the splits and the runs.")
+@click.option("--model", type=click.Choice(MODEL_NAMES), default=_DEMO.model, show_default=True)
+@click.option("--image-size", callback=_parse_demo_image_size, metavar="HxW",
+              help=f"Model input height x width in pixels. [default: {_DEMO.image_size.as_text()}]")
 @pass_context
 @_reports_errors
-def demo(ctx: _Context, root: Path, screenshots: int, runs: int, epochs: int, seed: int) -> None:
+def demo(ctx: _Context, root: Path, screenshots: int, runs: int, epochs: int, seed: int, model: str,
+         image_size: HW) -> None:
     """Run the whole pipeline on built-in synthetic data in a folder of its own."""
     _quiet_tensorflow(ctx)
-    config = DemoConfig(root=root, screenshots=screenshots, seed=seed, runs=runs, epochs=epochs)
+    config = DemoConfig(root=root, screenshots=screenshots, seed=seed, runs=runs, epochs=epochs, model=model,
+                        image_size=image_size)
     for step in run_demo(config, progress=ctx.progress):
         if not ctx.quiet or step.stage == "done":
             click.echo(f"== {step.stage}\n{step.text}\n")
