@@ -137,9 +137,9 @@ def main() -> None:
                 else:
                     crops, seconds = run_extract(small, workdir / f"img-{r}", int(workers))
                 rates[name].append(crops / seconds)
-        one = [e / b for e, b in zip(rates["extract 1"], rates["bare 1"])]
-        two = [e2 / e1 for e2, e1 in zip(rates["extract 2"], rates["extract 1"])]
-        bare_two = [b2 / b1 for b2, b1 in zip(rates["bare 2"], rates["bare 1"])]
+        one = [e / b for e, b in zip(rates["extract 1"], rates["bare 1"], strict=True)]
+        two = [e2 / e1 for e2, e1 in zip(rates["extract 2"], rates["extract 1"], strict=True)]
+        bare_two = [b2 / b1 for b2, b1 in zip(rates["bare 2"], rates["bare 1"], strict=True)]
         print(f"4a extraction, one core: extract / bare Pillow loop crops/s = {spread(one)}   target >= 0.8 "
               f"({'PASS' if statistics.median(one) >= 0.8 else 'FAIL'})")
         print(f"4b extraction, two processes / one: extract {spread(two)}   target >= 1.6 "
@@ -162,15 +162,18 @@ def main() -> None:
             made = time.perf_counter() - start
             per: dict[str, list[tuple[float, float]]] = {"1x": [], f"{args.scale}x": []}
             for r in range(max(1, args.rounds - 1)):
-                for name, folder, n in (("1x", small, args.screenshots), (f"{args.scale}x", large, args.screenshots * args.scale)):
+                scales = (("1x", small, args.screenshots), (f"{args.scale}x", large, args.screenshots * args.scale))
+                for name, folder, n in scales:
                     crops, seconds = run_extract(folder, workdir / f"img-scale-{r}", None)
                     per[name].append((1000 * seconds / n, 1000 * seconds / crops))
-            shot_ratio = [b[0] / a[0] for a, b in zip(per["1x"], per[f"{args.scale}x"])]
-            print(f"7 extraction scale ({args.screenshots} and {args.screenshots * args.scale} screenshots, default "
-                  f"workers; the large set made in {made:.0f} s): ms per screenshot 1x "
-                  f"{spread([p[0] for p in per['1x']])}, {args.scale}x {spread([p[0] for p in per[f'{args.scale}x']])}; "
-                  f"ms per crop 1x {spread([p[1] for p in per['1x']])}, {args.scale}x "
-                  f"{spread([p[1] for p in per[f'{args.scale}x']])}; {args.scale}x / 1x per item {spread(shot_ratio)}")
+            shot_ratio = [b[0] / a[0] for a, b in zip(per["1x"], per[f"{args.scale}x"], strict=True)]
+            print(
+                f"7 extraction scale ({args.screenshots} and {args.screenshots * args.scale} screenshots, default "
+                f"workers; the large set made in {made:.0f} s): ms per screenshot 1x "
+                f"{spread([p[0] for p in per['1x']])}, {args.scale}x {spread([p[0] for p in per[f'{args.scale}x']])}; "
+                f"ms per crop 1x {spread([p[1] for p in per['1x']])}, {args.scale}x "
+                f"{spread([p[1] for p in per[f'{args.scale}x']])}; {args.scale}x / 1x per item {spread(shot_ratio)}"
+            )
         print(f"# load average at the end {os.getloadavg()[0]:.1f}")
     finally:
         if args.workdir is None:

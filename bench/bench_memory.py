@@ -133,7 +133,8 @@ def big_pool(workdir: Path, crops: int):
             b = obj.box
             for _ in range(copies - 1):
                 dx, dy, dw, dh = (rng.randint(-6, 6) for _ in range(4))
-                box = Box(max(0, b.xmin + dx), max(0, b.ymin + dy), min(799, b.xmax + dx + dw), min(599, b.ymax + dy + dh))
+                box = Box(max(0, b.xmin + dx), max(0, b.ymin + dy),
+                          min(799, b.xmax + dx + dw), min(599, b.ymax + dy + dh))
                 extra.append(VocObject(obj.name, box))
         more = dataclasses.replace(annotation, objects=annotation.objects + tuple(extra))
         shot.xml.write_text(format_annotation(more))
@@ -192,19 +193,25 @@ def main() -> None:
     try:
         import tensorflow as tf
 
-        print(f"# {datetime.date.today()} {platform.machine()} {os.cpu_count()} CPUs, "
-              f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // MB} MiB RAM, TensorFlow {tf.__version__}")
+        print(
+            f"# {datetime.date.today()} {platform.machine()} {os.cpu_count()} CPUs, "
+            f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // MB} MiB RAM, TensorFlow {tf.__version__}"
+        )
         layout = standard_pool(workdir, args.screenshots)
         n, at_size, native = image_bytes(layout, size)
         idle = run_child("idle", args.image_size, "32")
         run = run_child("train", str(layout.img_dir), args.image_size, str(args.epochs), "default")
         bound = idle["peak"] + 1.5 * at_size
-        print(f"6a training memory ({n} crops, optimized {size[0]}x{size[1]}, {args.epochs} epochs): peak RSS "
-              f"{run['peak'] / MB:.0f} MiB; bound idle {idle['peak'] / MB:.0f} + 1.5 x {at_size / MB:.0f} MiB of uint8 "
-              f"images = {bound / MB:.0f} MiB   ({'PASS' if run['peak'] <= bound else 'FAIL'})")
-        print(f"  TensorFlow + model built, no step: {idle['built'] / MB:.0f} MiB; the run's decoded crops at their own "
-              f"size {native / MB:.0f} MiB (cached in RAM); the original's float32 arrays would be "
-              f"{4 * at_size / MB:.0f} MiB; over idle: {(run['peak'] - idle['peak']) / MB:.0f} MiB")
+        print(
+            f"6a training memory ({n} crops, optimized {size[0]}x{size[1]}, {args.epochs} epochs): peak RSS "
+            f"{run['peak'] / MB:.0f} MiB; bound idle {idle['peak'] / MB:.0f} + 1.5 x {at_size / MB:.0f} MiB of uint8 "
+            f"images = {bound / MB:.0f} MiB   ({'PASS' if run['peak'] <= bound else 'FAIL'})"
+        )
+        print(
+            f"  TensorFlow + model built, no step: {idle['built'] / MB:.0f} MiB; the run's decoded crops at their own "
+            f"size {native / MB:.0f} MiB (cached in RAM); the original's float32 arrays would be "
+            f"{4 * at_size / MB:.0f} MiB; over idle: {(run['peak'] - idle['peak']) / MB:.0f} MiB"
+        )
         if args.big:
             start = time.perf_counter()
             big = big_pool(workdir, args.big)
@@ -213,20 +220,25 @@ def main() -> None:
             idle_big = run_child("idle", args.big_size, "32")
             auto = run_child("train", str(big.img_dir), args.big_size, "1", "default")
             bound_big = idle_big["peak"] + 1.5 * at_big
-            print(f"6b big pool ({n_big} crops, made in {made:.0f} s; decoded {native_big / MB:.0f} MiB at their own "
-                  f"size, {at_big / MB:.0f} MiB at {big_size[0]}x{big_size[1]}; optimized, 1 epoch): peak RSS "
-                  f"{auto['peak'] / MB:.0f} MiB ({auto['seconds']:.0f} s, cache on "
-                  f"{'disk' if auto['on_disk'] else 'RAM'}); bound idle {idle_big['peak'] / MB:.0f} + 1.5 x "
-                  f"{at_big / MB:.0f} MiB = {bound_big / MB:.0f} MiB   ({'PASS' if auto['peak'] <= bound_big else 'FAIL'})")
+            print(
+                f"6b big pool ({n_big} crops, made in {made:.0f} s; decoded {native_big / MB:.0f} MiB at their own "
+                f"size, {at_big / MB:.0f} MiB at {big_size[0]}x{big_size[1]}; optimized, 1 epoch): peak RSS "
+                f"{auto['peak'] / MB:.0f} MiB ({auto['seconds']:.0f} s, cache on "
+                f"{'disk' if auto['on_disk'] else 'RAM'}); bound idle {idle_big['peak'] / MB:.0f} + 1.5 x "
+                f"{at_big / MB:.0f} MiB = {bound_big / MB:.0f} MiB   "
+                f"({'PASS' if auto['peak'] <= bound_big else 'FAIL'})"
+            )
             roomy = parse_size(args.roomy_size)
             _, at_roomy, _ = image_bytes(big, roomy)
             in_ram = run_child("train", str(big.img_dir), args.roomy_size, "1", "default")
             on_disk = run_child("train", str(big.img_dir), args.roomy_size, "1", args.big_budget)
-            print(f"6c the same pool at {roomy[0]}x{roomy[1]} ({at_roomy / MB:.0f} MiB of uint8 images), 1 epoch: "
-                  f"default budget -> cache in {'disk' if in_ram['on_disk'] else 'RAM'}, peak "
-                  f"{in_ram['peak'] / MB:.0f} MiB ({in_ram['seconds']:.0f} s); budget {args.big_budget} -> cache on "
-                  f"{'disk' if on_disk['on_disk'] else 'RAM'}, peak {on_disk['peak'] / MB:.0f} MiB "
-                  f"({on_disk['seconds']:.0f} s)")
+            print(
+                f"6c the same pool at {roomy[0]}x{roomy[1]} ({at_roomy / MB:.0f} MiB of uint8 images), 1 epoch: "
+                f"default budget -> cache in {'disk' if in_ram['on_disk'] else 'RAM'}, peak "
+                f"{in_ram['peak'] / MB:.0f} MiB ({in_ram['seconds']:.0f} s); budget {args.big_budget} -> cache on "
+                f"{'disk' if on_disk['on_disk'] else 'RAM'}, peak {on_disk['peak'] / MB:.0f} MiB "
+                f"({on_disk['seconds']:.0f} s)"
+            )
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

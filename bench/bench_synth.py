@@ -28,7 +28,7 @@ from toonvision.constants import DEFAULT_SYNTH_SIZE, parse_hw  # noqa: E402
 
 
 class Timer:
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.wall, self.cpu = time.perf_counter(), time.process_time()
         return self
 

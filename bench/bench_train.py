@@ -110,7 +110,9 @@ def bench_augment(layout, plan, size, batch, rounds) -> None:
     modes = {}
     for mode in ("none", "fused", "keras-layers"):
         augment = DEFAULT_AUGMENT if mode == "fused" else None
-        dataset = from_plan(plan, layout.pool, "train", size, batch, shuffle=True, seed=SEED, augment=augment, cache=cache)
+        dataset = from_plan(
+            plan, layout.pool, "train", size, batch, shuffle=True, seed=SEED, augment=augment, cache=cache
+        )
         count = len(dataset.file_paths)
         if mode == "keras-layers":
             dataset = keras_layers_dataset(dataset)
@@ -126,21 +128,28 @@ def bench_augment(layout, plan, size, batch, rounds) -> None:
             speed[mode].append(rate)
             cpu[mode].append(ms)
             alone[mode].append(pipeline_cost(dataset, count))
-    ratios = [f / n for f, n in zip(speed["fused"], speed["none"])]
-    original = [k / n for k, n in zip(speed["keras-layers"], speed["none"])]
-    print(f"1 augmentation overhead: training images/s with / without augmentation = {spread(ratios)}   "
-          f"target >= 0.85 ({'PASS' if statistics.median(ratios) >= 0.85 else 'FAIL'})")
-    print(f"  images/s: none {spread(speed['none'], 1)}; fused {spread(speed['fused'], 1)}; "
-          f"3 Keras layers (original) {spread(speed['keras-layers'], 1)}, ratio to none {spread(original)}")
+    ratios = [f / n for f, n in zip(speed["fused"], speed["none"], strict=True)]
+    original = [k / n for k, n in zip(speed["keras-layers"], speed["none"], strict=True)]
+    print(
+        f"1 augmentation overhead: training images/s with / without augmentation = {spread(ratios)}   "
+        f"target >= 0.85 ({'PASS' if statistics.median(ratios) >= 0.85 else 'FAIL'})"
+    )
+    print(
+        f"  images/s: none {spread(speed['none'], 1)}; fused {spread(speed['fused'], 1)}; "
+        f"3 Keras layers (original) {spread(speed['keras-layers'], 1)}, ratio to none {spread(original)}"
+    )
     for name, values in (("CPU ms per training image", cpu), ("CPU ms per image, input pipeline alone", alone)):
         print(f"  {name}: " + "; ".join(f"{mode} {spread(v, 1)}" for mode, v in values.items()))
-    cpu_ratio = [n / f for n, f in zip(cpu["none"], cpu["fused"])]
-    bound = [(c - p) / (c - p + a) for c, p, a in zip(cpu["none"], alone["none"], alone["fused"])]
-    print(f"  CPU per image none / fused {spread(cpu_ratio)}; CPU-bound estimate "
-          f"(network CPU / (network + its pipeline CPU)) {spread(bound)}")
+    cpu_ratio = [n / f for n, f in zip(cpu["none"], cpu["fused"], strict=True)]
+    bound = [(c - p) / (c - p + a) for c, p, a in zip(cpu["none"], alone["none"], alone["fused"], strict=True)]
+    print(
+        f"  CPU per image none / fused {spread(cpu_ratio)}; CPU-bound estimate "
+        f"(network CPU / (network + its pipeline CPU)) {spread(bound)}"
+    )
 
 
 # -- 2: per-run overhead ------------------------------------------------------------------------
+
 
 def _clock():
     import keras
@@ -173,10 +182,13 @@ def run_new_way(layout, records, task, size, batch, seed, epochs):
     keras.utils.set_random_seed(seed)
     plan = plan_split(records, task, RATIOS, seed)
     cache = cache_for(layout, plan)
-    train_ds = from_plan(plan, layout.pool, "train", size, batch, shuffle=True, seed=seed,
-                         augment=DEFAULT_AUGMENT, cache=cache)
+    train_ds = from_plan(
+        plan, layout.pool, "train", size, batch, shuffle=True, seed=seed, augment=DEFAULT_AUGMENT, cache=cache
+    )
     val_ds = from_plan(plan, layout.pool, "validate", size, batch, cache=cache)
-    model = build_model(MODEL, len(plan.classes), size, seed=seed, steps_per_epoch=-(-len(train_ds.file_paths) // batch))
+    model = build_model(
+        MODEL, len(plan.classes), size, seed=seed, steps_per_epoch=-(-len(train_ds.file_paths) // batch)
+    )
     clock = _clock()
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False, callbacks=[clock])
     return _overhead(clock, start)
@@ -194,8 +206,15 @@ def run_original_way(layout, records, task, size, batch, seed, epochs):
     keras.utils.set_random_seed(seed)
     plan = plan_split(records, task, RATIOS, seed)
     task_dir = write_split(plan, layout, layout.data / "bench-original")
-    common = dict(labels="inferred", label_mode="binary", class_names=list(plan.classes), image_size=size,
-                  batch_size=batch, interpolation="bilinear", verbose=False)
+    common = dict(
+        labels="inferred",
+        label_mode="binary",
+        class_names=list(plan.classes),
+        image_size=size,
+        batch_size=batch,
+        interpolation="bilinear",
+        verbose=False,
+    )
     train_ds = keras.utils.image_dataset_from_directory(task_dir / "train", shuffle=True, seed=seed, **common)
     train_ds = augment_dataset(train_ds, seed=seed, spec=DEFAULT_AUGMENT).prefetch(tf.data.AUTOTUNE)
     val_ds = keras.utils.image_dataset_from_directory(task_dir / "validate", shuffle=False, **common)
@@ -224,18 +243,25 @@ def bench_overhead(layout, records, task, size, batch, rounds, epochs) -> None:
         old.append(run_original_way(layout, records, task, size, batch, SEED + 1 + r, epochs))
     frac_new = [b / s for b, _, s in new]
     frac_old = [b / s for b, _, s in old]
-    print(f"2 per-run overhead: run start -> first training step / steady epoch = {spread(frac_new, 3)}   "
-          f"target <= 0.2 ({'PASS' if statistics.median(frac_new) <= 0.2 else 'FAIL'}); "
-          f"original way {spread(frac_old, 3)}")
-    print(f"  seconds before the first step: cached {spread([b for b, _, _ in new])}, "
-          f"original {spread([b for b, _, _ in old])}; steady epoch s: cached {spread([s for _, _, s in new], 1)}, "
-          f"original (decoding every epoch) {spread([s for _, _, s in old], 1)}")
-    print(f"  first epoch's extra time over a steady one (tracing; decoding too in the original): "
-          f"cached {spread([(f - s) / s for _, f, s in new])}, original {spread([(f - s) / s for _, f, s in old])}")
+    print(
+        f"2 per-run overhead: run start -> first training step / steady epoch = {spread(frac_new, 3)}   "
+        f"target <= 0.2 ({'PASS' if statistics.median(frac_new) <= 0.2 else 'FAIL'}); "
+        f"original way {spread(frac_old, 3)}"
+    )
+    print(
+        f"  seconds before the first step: cached {spread([b for b, _, _ in new])}, "
+        f"original {spread([b for b, _, _ in old])}; steady epoch s: cached {spread([s for _, _, s in new], 1)}, "
+        f"original (decoding every epoch) {spread([s for _, _, s in old], 1)}"
+    )
+    print(
+        f"  first epoch's extra time over a steady one (tracing; decoding too in the original): "
+        f"cached {spread([(f - s) / s for _, f, s in new])}, original {spread([(f - s) / s for _, f, s in old])}"
+    )
     print(f"  decoding the task's {len(plan.assignments)} crops into the cache, once per process: {decode:.2f} s")
 
 
 # -- 3: a full run against the in-memory ceiling -----------------------------------------------
+
 
 def bench_fullrun(layout, records, task, size, batch, rounds, epochs) -> None:
     import numpy as np
@@ -248,7 +274,7 @@ def bench_fullrun(layout, records, task, size, batch, rounds, epochs) -> None:
     cache = cache_for(layout, plan)
     tensors = {}
     for split in ("train", "validate", "test"):
-        xs, ys = zip(*from_plan(plan, layout.pool, split, size, batch, cache=cache).as_numpy_iterator())
+        xs, ys = zip(*from_plan(plan, layout.pool, split, size, batch, cache=cache).as_numpy_iterator(), strict=True)
         tensors[split] = (tf.constant(np.concatenate(xs)), tf.constant(np.concatenate(ys)))
     n_train = int(tensors["train"][0].shape[0])
     run_rates, ceiling_rates = [], []
@@ -262,15 +288,25 @@ def bench_fullrun(layout, records, task, size, batch, rounds, epochs) -> None:
         keras.utils.set_random_seed(SEED)
         start = time.perf_counter()
         model = build_model("baseline", len(plan.classes), size, seed=SEED)
-        model.fit(*tensors["train"], batch_size=batch, epochs=epochs, validation_data=tensors["validate"],
-                  shuffle=True, verbose=0)
+        model.fit(
+            *tensors["train"],
+            batch_size=batch,
+            epochs=epochs,
+            validation_data=tensors["validate"],
+            shuffle=True,
+            verbose=0,
+        )
         model.evaluate(*tensors["test"], batch_size=batch, verbose=0)
         ceiling_rates.append(epochs * n_train / (time.perf_counter() - start))
-    ratios = [r / c for r, c in zip(run_rates, ceiling_rates)]
-    print(f"3 training throughput: full run / model.fit on in-memory tensors = {spread(ratios)}   "
-          f"target >= 0.9 ({'PASS' if statistics.median(ratios) >= 0.9 else 'FAIL'})")
-    print(f"  images/s ({epochs} epochs of {n_train} crops, baseline, with validation and test): "
-          f"full run {spread(run_rates, 1)}, in-memory ceiling {spread(ceiling_rates, 1)}")
+    ratios = [r / c for r, c in zip(run_rates, ceiling_rates, strict=True)]
+    print(
+        f"3 training throughput: full run / model.fit on in-memory tensors = {spread(ratios)}   "
+        f"target >= 0.9 ({'PASS' if statistics.median(ratios) >= 0.9 else 'FAIL'})"
+    )
+    print(
+        f"  images/s ({epochs} epochs of {n_train} crops, baseline, with validation and test): "
+        f"full run {spread(run_rates, 1)}, in-memory ceiling {spread(ceiling_rates, 1)}"
+    )
 
 
 def main() -> None:
@@ -292,17 +328,24 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="toonvision-bench-train-"))
     try:
         start = time.perf_counter()
-        layout = build_pool(workdir, args.screenshots) if not (workdir / "img" / "unsorted").is_dir() else \
-            Layout.from_dirs(workdir / "img", workdir / "models")
+        layout = (
+            build_pool(workdir, args.screenshots)
+            if not (workdir / "img" / "unsorted").is_dir()
+            else Layout.from_dirs(workdir / "img", workdir / "models")
+        )
         records, _ = load_pool(layout)
         task = get_task("binary")
         plan = plan_split(records, task, RATIOS, SEED)
-        print(f"# {datetime.date.today()} {platform.machine()} {os.cpu_count()} CPUs, load average "
-              f"{os.getloadavg()[0]:.1f}, TensorFlow {tf.__version__}, Keras {keras.__version__}, devices "
-              f"{[d.device_type for d in tf.config.list_physical_devices()]}")
-        print(f"# pool: {len(records)} crops from {args.screenshots} synthetic screenshots "
-              f"(ready in {time.perf_counter() - start:.1f} s); task binary, {len(plan.files('train'))} training "
-              f"crops, {MODEL} at {size[0]}x{size[1]}, batch {args.batch_size}")
+        print(
+            f"# {datetime.date.today()} {platform.machine()} {os.cpu_count()} CPUs, load average "
+            f"{os.getloadavg()[0]:.1f}, TensorFlow {tf.__version__}, Keras {keras.__version__}, devices "
+            f"{[d.device_type for d in tf.config.list_physical_devices()]}"
+        )
+        print(
+            f"# pool: {len(records)} crops from {args.screenshots} synthetic screenshots "
+            f"(ready in {time.perf_counter() - start:.1f} s); task binary, {len(plan.files('train'))} training "
+            f"crops, {MODEL} at {size[0]}x{size[1]}, batch {args.batch_size}"
+        )
         if "augment" in sections:
             bench_augment(layout, plan, size, args.batch_size, args.rounds)
         if "overhead" in sections:

@@ -28,7 +28,7 @@ def colour_image(colour: str, size: tuple[int, int] = CROP, seed: int = 0) -> Im
     return Image.fromarray(np.clip(np.array(COLOURS[colour]) + noise, 0, 255).astype(np.uint8), "RGB")
 
 
-def colour_model(classes: tuple[str, ...], size: tuple[int, int] = SIZE) -> "keras.Model":
+def colour_model(classes: tuple[str, ...], size: tuple[int, int] = SIZE) -> keras.Model:
     """A fixed-weight classifier that names the dominant colour: right on every crop, by construction.
 
     1x1 convolution (identity) -> global average -> head that reads each class's channel.
@@ -74,26 +74,40 @@ def colour_pool(img_dir: Path, crops: list[tuple[str, str, str]]) -> tuple[Layou
     return layout, content
 
 
-def hand_plan(crops: list[tuple[str, str, str]], content: dict[str, str], task: str = "label", seed: int = 7) -> SplitPlan:
+def hand_plan(
+    crops: list[tuple[str, str, str]], content: dict[str, str], task: str = "label", seed: int = 7
+) -> SplitPlan:
     """The split the crops say, in the order split_plan uses (split, class, crop)."""
     by_label = {c.split("/")[0]: [] for c in content}
-    for (label, split, _colour), crop in zip(crops, content):
+    for (label, split, _colour), crop in zip(crops, content, strict=True):
         by_label[label].append(Assignment(crop, label, label, split, f"shot{crop}"))
     order = {"train": 0, "validate": 1, "test": 2}
-    assignments = sorted((a for group in by_label.values() for a in group), key=lambda a: (order[a.split], a.cls, a.crop))
+    assignments = sorted(
+        (a for group in by_label.values() for a in group), key=lambda a: (order[a.split], a.cls, a.crop)
+    )
     return SplitPlan(task, seed, (0.5, 0.25, 0.25), True, tuple(sorted(by_label)), tuple(assignments))
 
 
-def save_best(layout: Layout, model: "keras.Model", plan: SplitPlan, recorded: dict | None = None) -> Path:
+def save_best(layout: Layout, model: keras.Model, plan: SplitPlan, recorded: dict | None = None) -> Path:
     """models/<task>/best.keras + best.json as `toonvision train` writes them."""
     out = layout.task_models(plan.task)
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / "best.keras")
     info = {
-        "task": plan.task, "classes": list(plan.classes), "display_names": {c: c.title() for c in plan.classes},
-        "image_size": list(SIZE), "model": "colour", "run": 3, "seed": plan.seed, "split": plan_to_dict(plan),
-        "metrics": {"test": recorded or {"loss": 0.0, "accuracy": 0.0}}, "epochs": 1, "batch_size": 4,
-        "versions": {}, "weights": None, "created": "2024-01-01T00:00:00+00:00",
+        "task": plan.task,
+        "classes": list(plan.classes),
+        "display_names": {c: c.title() for c in plan.classes},
+        "image_size": list(SIZE),
+        "model": "colour",
+        "run": 3,
+        "seed": plan.seed,
+        "split": plan_to_dict(plan),
+        "metrics": {"test": recorded or {"loss": 0.0, "accuracy": 0.0}},
+        "epochs": 1,
+        "batch_size": 4,
+        "versions": {},
+        "weights": None,
+        "created": "2024-01-01T00:00:00+00:00",
     }
     (out / "best.json").write_text(json.dumps(info))
     return out / "best.keras"
@@ -101,15 +115,29 @@ def save_best(layout: Layout, model: "keras.Model", plan: SplitPlan, recorded: d
 
 # Three classes; every class has crops that look like another class in the test split.
 THREE = [
-    ("red", "train", "red"), ("red", "validate", "red"), ("red", "test", "red"), ("red", "test", "green"),
+    ("red", "train", "red"),
+    ("red", "validate", "red"),
     ("red", "test", "red"),
-    ("green", "train", "green"), ("green", "validate", "green"), ("green", "test", "green"),
+    ("red", "test", "green"),
+    ("red", "test", "red"),
+    ("green", "train", "green"),
+    ("green", "validate", "green"),
+    ("green", "test", "green"),
     ("green", "test", "blue"),
-    ("blue", "train", "blue"), ("blue", "validate", "blue"), ("blue", "test", "blue"), ("blue", "test", "blue"),
+    ("blue", "train", "blue"),
+    ("blue", "validate", "blue"),
+    ("blue", "test", "blue"),
+    ("blue", "test", "blue"),
     ("blue", "test", "red"),
 ]
 TWO = [
-    ("red", "train", "red"), ("red", "validate", "red"), ("red", "test", "green"), ("red", "test", "red"),
-    ("green", "train", "green"), ("green", "validate", "green"), ("green", "test", "green"),
-    ("green", "test", "red"), ("green", "test", "red"),
+    ("red", "train", "red"),
+    ("red", "validate", "red"),
+    ("red", "test", "green"),
+    ("red", "test", "red"),
+    ("green", "train", "green"),
+    ("green", "validate", "green"),
+    ("green", "test", "green"),
+    ("green", "test", "red"),
+    ("green", "test", "red"),
 ]

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from helpers import SAMPLES, skip_unless_ci, write_pool
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -162,7 +162,7 @@ def test_sampled_parameters_cover_the_keras_ranges():
     assert zooms.min() < 0.82 and zooms.max() > 1.18
 
 
-def keras_layers() -> "keras.Sequential":
+def keras_layers() -> keras.Sequential:
     """The original's three augmentation layers, seeded."""
     return keras.Sequential([
         keras.layers.RandomFlip("horizontal", seed=3),

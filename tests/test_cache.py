@@ -9,7 +9,6 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import write_colour_pool  # noqa: E402
 from PIL import Image
 
 from toonvision import cache as cache_module  # noqa: E402
@@ -26,6 +25,8 @@ from toonvision.decode import decode_file, resize  # noqa: E402
 from toonvision.errors import UsageError  # noqa: E402
 from toonvision.split import plan_split, write_split  # noqa: E402
 from toonvision.tasks import get_task  # noqa: E402
+
+from helpers import write_colour_pool  # noqa: E402
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def test_cached_pixels_equal_a_fresh_decode(pool, kind):
     paths = paths_of(layout, records)
     keys = cache.ensure(paths)
     assert len(cache) == len(set(keys)) == len(paths)
-    for path, key in zip(paths, keys):
+    for path, key in zip(paths, keys, strict=True):
         image = cache.read(key)
         assert image.dtype == np.uint8 and image.shape == (48, 40, 3)
         np.testing.assert_array_equal(image, fresh(path))
@@ -133,7 +134,7 @@ def test_past_the_budget_the_pool_is_cached_on_disk_and_reused_by_another_proces
     monkeypatch.setattr(cache_module, "decode_files", lambda paths: pytest.fail(f"decoded {paths}"))
     forget_shared()
     again = crop_cache(layout.cache, paths, budget="10k")
-    for path, key in zip(paths, again.ensure(paths)):
+    for path, key in zip(paths, again.ensure(paths), strict=True):
         np.testing.assert_array_equal(again.read(key), fresh(path))
 
 
@@ -160,7 +161,7 @@ def test_a_killed_append_leaves_the_disk_cache_intact(pool):
     assert (folder / INDEX).read_bytes() == committed and len(reopened) == 6
     keys = reopened.ensure(paths)  # the next append overwrites the uncommitted tail
     assert pixels.stat().st_size == reopened.nbytes == 18 * 48 * 40 * 3
-    for path, key in zip(paths, keys):
+    for path, key in zip(paths, keys, strict=True):
         np.testing.assert_array_equal(CropCache(folder).read(key), fresh(path))
 
 
@@ -179,7 +180,7 @@ def test_a_damaged_disk_cache_is_rebuilt(pool, damage):
         next(folder.glob("pixels-*.u8")).write_bytes(b"")
     cache = CropCache(folder)
     assert len(cache) == 0
-    for path, key in zip(paths, cache.ensure(paths)):
+    for path, key in zip(paths, cache.ensure(paths), strict=True):
         np.testing.assert_array_equal(cache.read(key), fresh(path))
     assert len(list(folder.glob("pixels-*.u8"))) == 1
 

@@ -6,10 +6,11 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import SIZE, cli, extract_pool, grouped_shots, run_killed, tree
 from PIL import Image
 
 from toonvision.fsutil import recover_swap, remove_stale_temp_files
+
+from helpers import SIZE, cli, extract_pool, grouped_shots, run_killed, tree
 
 COMPARE = ["compare", "--task", "binary", "--models", "baseline", "--runs", "2", "--epochs", "1",
            "--image-size", SIZE, "--batch-size", "8"]

@@ -7,13 +7,14 @@ import math
 
 import pytest
 from click.testing import CliRunner
-from helpers import write_colour_pool  # noqa: E402
 
 from toonvision import compare as compare_module  # noqa: E402
 from toonvision.cli import main  # noqa: E402
 from toonvision.compare import CompareConfig, compare, mean_curves, split_digest  # noqa: E402
 from toonvision.errors import UsageError  # noqa: E402
 from toonvision.ledger import FinishedRun, RunRecord  # noqa: E402
+
+from helpers import write_colour_pool  # noqa: E402
 
 
 def fake_run(seen):

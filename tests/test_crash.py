@@ -22,13 +22,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import (
-    run_unprivileged,
-    skip_unless_ci,
-    write_colour_pool,
-    write_pool,
-    write_screenshot,
-)
 
 from toonvision.errors import ModelFileError, PoolLockedError, ToonVisionError
 from toonvision.extract import ExtractOptions, extract
@@ -36,6 +29,14 @@ from toonvision.fsutil import atomic_write_bytes
 from toonvision.layout import Layout
 from toonvision.split import check_split_dirs, file_names, load_split, run_split
 from toonvision.tasks import get_task
+
+from helpers import (
+    run_unprivileged,
+    skip_unless_ci,
+    write_colour_pool,
+    write_pool,
+    write_screenshot,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc, flock and tmpfs")
 
@@ -319,13 +320,16 @@ def test_killed_resplit_leaves_the_old_split_or_the_new_one(split_case, tmp_path
     assert plan.seed in (1, 2)
     on_disk = {p.relative_to(task_dir).as_posix(): sha(p) for p in task_dir.rglob("*.png")}
     assert set(on_disk) == set(file_names(plan))  # every file of that split, and nothing else
-    assert all(on_disk[rel] == sha(layout.pool / a.crop) for rel, a in zip(file_names(plan), plan.assignments))
+    pairs = zip(file_names(plan), plan.assignments, strict=True)
+    assert all(on_disk[rel] == sha(layout.pool / a.crop) for rel, a in pairs)
     check_split_dirs(task_dir, plan.classes)
     now = tree(layout.img_dir)
     assert {p: h for p, h in now.items() if not p.startswith("data/")} == {
-        p: h for p, h in had.items() if not p.startswith("data/")}  # the pool is never touched
+        p: h for p, h in had.items() if not p.startswith("data/")
+    }  # the pool is never touched
     assert {p: h for p, h in now.items() if p.startswith("data/binary/")} == {
-        p: h for p, h in had.items() if p.startswith("data/binary/")}  # nor another task's split
+        p: h for p, h in had.items() if p.startswith("data/binary/")
+    }  # nor another task's split
 
     run_split(layout, get_task("label"), (0.6, 0.2, 0.2), seed=2)
     assert tree(layout.img_dir) == clean
@@ -334,8 +338,20 @@ def test_killed_resplit_leaves_the_old_split_or_the_new_one(split_case, tmp_path
 
 # -- train and evaluate: the model, the ledger and the evaluation survive a kill -----------------
 
-TRAIN_ARGS = ["--task", "binary", "--runs", "1", "--epochs", "1", "--seed", "5", "--image-size", "48x44",
-              "--batch-size", "4"]
+TRAIN_ARGS = [
+    "--task",
+    "binary",
+    "--runs",
+    "1",
+    "--epochs",
+    "1",
+    "--seed",
+    "5",
+    "--image-size",
+    "48x44",
+    "--batch-size",
+    "4",
+]
 TRAIN_KILLS = {
     "runs.csv half-written (the run's commit)": ("kill", "write", r"/\.runs\.csv\.", 1),
     "best.keras promoted, best.json not yet": ("kill", "after-rename", r"/binary/best\.keras$", 1),
@@ -364,8 +380,10 @@ def tf_case(tmp_path_factory):
             root = base / f"{args[0]}{n}"
             shutil.copytree(template.img_dir.parent, root)
             layout = Layout.from_dirs(root / "img", root / "models")
-            runs[point] = layout, start(["--img-dir", layout.img_dir, "--models-dir", layout.models_dir, "-q",
-                                         *args], fault)
+            runs[point] = (
+                layout,
+                start(["--img-dir", layout.img_dir, "--models-dir", layout.models_dir, "-q", *args], fault),
+            )
 
     launch(TRAIN_KILLS, before, ["train", *TRAIN_ARGS, "--overwrite"])
     clean = Layout.from_dirs(base / "clean" / "img", base / "clean" / "models")
@@ -375,7 +393,7 @@ def tf_case(tmp_path_factory):
     shutil.copytree(clean.img_dir.parent, evaluated.img_dir.parent)
     evaluate(evaluated, task="binary")
     launch(EVALUATE_KILLS, evaluated, ["evaluate", "--task", "binary"])
-    for point, (_, process) in runs.items():
+    for _, process in runs.values():
         killed(process)
     return before, clean, evaluated, {point: layout for point, (layout, _) in runs.items()}
 
@@ -419,8 +437,7 @@ def test_killed_training_resumes_to_the_clean_state(tf_case, point):
             open_model(out)  # the new model with the old model's classes and split: refused
     assert tree(layout.img_dir) == tree(before.img_dir)  # the pool and earlier splits untouched
 
-    train(layout, TrainConfig(task="binary", seed=5, resume=True, runs=1, image_size=(48, 44), batch_size=4,
-                              epochs=1))
+    train(layout, TrainConfig(task="binary", seed=5, resume=True, runs=1, image_size=(48, 44), batch_size=4, epochs=1))
     assert _ledger(layout) == _ledger(clean)
     assert _best_json(layout) == _best_json(clean)
     resumed, uninterrupted = _weights(out / "best.keras"), _weights(clean.task_models("binary") / "best.keras")
@@ -436,8 +453,10 @@ def _evaluation(layout: Layout) -> tuple[dict, str]:
     info = json.loads((folder / "evaluation.json").read_text())
     info.pop("created")
     root = str(layout.img_dir.parent)
-    return (json.loads(json.dumps(info).replace(root, "ROOT")),
-            (folder / "predictions.csv").read_text().replace(root, "ROOT"))
+    return (
+        json.loads(json.dumps(info).replace(root, "ROOT")),
+        (folder / "predictions.csv").read_text().replace(root, "ROOT"),
+    )
 
 
 @pytest.mark.parametrize("point", EVALUATE_KILLS)
@@ -453,7 +472,8 @@ def test_killed_evaluation_reruns_to_identical_outputs(tf_case, point):
     evaluate(layout, task="binary")
     assert _evaluation(layout) == _evaluation(evaluated)
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == sorted(
-        p.name for p in old.iterdir() if not p.name.startswith("."))
+        p.name for p in old.iterdir() if not p.name.startswith(".")
+    )
 
 
 def test_rerun_evaluation_leaves_no_temp_files(tf_case):
@@ -519,8 +539,10 @@ def test_a_second_process_is_refused_with_the_holders_pid_and_runs_after_it(busy
         while_held = tree(layout.img_dir)
         code, output = finish(start(["--img-dir", layout.img_dir, *SECOND[second]]))
         assert code == 1, output
-        assert output.strip() == (f"error: another toonvision is working on {layout.img_dir}, pid {holder.pid}; "
-                                  "wait for it to finish and run the command again")
+        assert output.strip() == (
+            f"error: another toonvision is working on {layout.img_dir}, pid {holder.pid}; "
+            "wait for it to finish and run the command again"
+        )
         assert tree(layout.img_dir) == while_held  # the refused process wrote nothing
     finally:
         holder.send_signal(signal.SIGCONT)
@@ -536,8 +558,9 @@ def test_a_killed_lock_holder_never_blocks_the_next_run(busy_img):
     """SIGKILL a parallel extract (2 forked workers) while it holds the lock: the kernel frees the
     lock at once, the workers exit with it, and the next extract finishes the pool."""
     layout, clean = busy_img
-    holder = start(["--img-dir", layout.img_dir, "extract", "--workers", "2"],
-                   ("pause", "write-bytes", r"/\.staging/", 2))
+    holder = start(
+        ["--img-dir", layout.img_dir, "extract", "--workers", "2"], ("pause", "write-bytes", r"/\.staging/", 2)
+    )
     workers: list[int] = []
     try:
         wait_stopped(holder)
@@ -612,8 +635,10 @@ def _disk_case(root: Path) -> Layout:
     return layout
 
 
-COMMANDS = {"extract": ["extract", "--workers", "1"], "split": ["split", "--task", "label", "--ratio", "0.5",
-                                                                 "0.25", "0.25", "--seed", "2"]}
+COMMANDS = {
+    "extract": ["extract", "--workers", "1"],
+    "split": ["split", "--task", "label", "--ratio", "0.5", "0.25", "0.25", "--seed", "2"],
+}
 
 
 def _rerun(layout: Layout, command: str) -> None:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_colour_pool  # noqa: E402
 
 from toonvision.augment import DEFAULT_AUGMENT  # noqa: E402
 from toonvision.cache import CropCache  # noqa: E402
@@ -20,6 +19,8 @@ from toonvision.errors import ImageError, SplitError, UsageError  # noqa: E402
 from toonvision.split import plan_split, write_split  # noqa: E402
 from toonvision.tasks import get_task  # noqa: E402
 
+from helpers import write_colour_pool  # noqa: E402
+
 SIZE = (48, 44)
 
 
@@ -31,7 +32,7 @@ def pool(tmp_path):
 
 
 def batches(dataset):
-    xs, ys = zip(*dataset.as_numpy_iterator())
+    xs, ys = zip(*dataset.as_numpy_iterator(), strict=True)
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -93,7 +94,9 @@ def test_runs_sharing_a_cache_decode_each_crop_once(pool, monkeypatch):
         replan = plan_split(plan_records(layout), get_task("suit"), (0.6, 0.2, 0.2), seed=seed)
         for split in ("train", "validate", "test"):
             images, _ = batches(from_plan(replan, layout.pool, split, SIZE, cache=cache))
-            for path, image in zip(from_plan(replan, layout.pool, split, SIZE, cache=cache).file_paths, images):
+            for path, image in zip(
+                from_plan(replan, layout.pool, split, SIZE, cache=cache).file_paths, images, strict=True
+            ):
                 assert np.array_equal(reference.setdefault(path, image), image)
     assert sorted(decoded) == sorted(set(decoded)) and len(decoded) == 30
 
@@ -126,8 +129,17 @@ def test_augmentation_changes_the_training_input(pool):
 
 def test_augmentation_is_reproducible_and_new_every_epoch(pool):
     layout, plan = pool
-    make = lambda: from_plan(plan, layout.pool, "train", SIZE, batch_size=4, shuffle=True, seed=3,  # noqa: E731
-                             augment=DEFAULT_AUGMENT)
+    def make():
+        return from_plan(
+            plan,
+            layout.pool,
+            "train",
+            SIZE,
+            batch_size=4,
+            shuffle=True,
+            seed=3,
+            augment=DEFAULT_AUGMENT,
+        )
     dataset = make()
     epoch1, epoch2 = batches(dataset)[0], batches(dataset)[0]
     assert not np.array_equal(epoch1, epoch2)
@@ -215,8 +227,8 @@ def test_pad_keeps_the_aspect_ratio_in_training_as_in_prediction(tall_pool):
     padded, _ = batches(dataset)
     top, left, height, width = content_box((48, 12), SIZE, "pad")
     assert (top, left, height, width) == (0, 16, 48, 12)  # the crop at its own 4:1, not stretched to 48:44
-    assert (padded[:, :, :left] == 0).all() and (padded[:, :, left + width:] == 0).all()
-    assert (padded[:, :, left:left + width].max(axis=-1) > 0).all()
+    assert (padded[:, :, :left] == 0).all() and (padded[:, :, left + width :] == 0).all()
+    assert (padded[:, :, left : left + width].max(axis=-1) > 0).all()
     # prediction (decode.model_input of the PNG files) feeds the very same pixels
     predicted = model_input([Image.open(path) for path in dataset.file_paths], SIZE, "pad")
     np.testing.assert_array_equal(padded, predicted)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 import tensorflow as tf  # noqa: E402
+from PIL import Image
 
 from toonvision.constants import AUTO_SIZE_MAX_SIDE  # noqa: E402
 from toonvision.datasets import from_directory  # noqa: E402

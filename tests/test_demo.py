@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from helpers import cli, tree
-
 from toonvision.cli import main
 from toonvision.demo import MARKER, DemoConfig, run_demo
+
+from helpers import cli, tree
 
 TINY = dict(screenshots=20, runs=1, epochs=1, tasks=("binary",), image_size=(48, 44))
 

@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
+from toonvision.cli import main  # noqa: E402
+from toonvision.errors import PoolError, UsageError  # noqa: E402
+from toonvision.evaluate import evaluate  # noqa: E402
+from toonvision.split import Assignment, SplitPlan, write_split  # noqa: E402
+
 from colour_models import (  # noqa: E402
     SIZE,
     THREE,
@@ -17,11 +23,6 @@ from colour_models import (  # noqa: E402
     hand_plan,
     save_best,
 )
-
-from toonvision.cli import main  # noqa: E402
-from toonvision.errors import PoolError, UsageError  # noqa: E402
-from toonvision.evaluate import evaluate  # noqa: E402
-from toonvision.split import Assignment, SplitPlan, write_split  # noqa: E402
 
 # -- evaluate ---------------------------------------------------------------------------------
 
@@ -119,9 +120,9 @@ def test_a_model_without_best_json_is_scored_on_the_task_folder_with_a_warning(t
 
 
 def test_evaluate_a_trained_model_reproduces_its_recorded_test_metrics(tmp_path):
-    from helpers import write_colour_pool
-
     from toonvision.train import TrainConfig, train
+
+    from helpers import write_colour_pool
 
     layout, _ = write_colour_pool(tmp_path / "img", {"cog_bb_a": 6, "toon_cat": 6})
     train(layout, TrainConfig(task="binary", runs=1, epochs=1, seed=3, image_size=(48, 44), batch_size=4))

@@ -21,7 +21,6 @@ import pytest
 ray = pytest.importorskip("ray")
 keras = pytest.importorskip("keras")
 
-from helpers import write_colour_pool  # noqa: E402
 from test_crash import finish, killed, start  # noqa: E402
 
 from toonvision.compare import COMPARE_CSV, CompareConfig, compare  # noqa: E402
@@ -37,6 +36,8 @@ from toonvision.executors import (  # noqa: E402
 from toonvision.fsutil import file_sha256  # noqa: E402
 from toonvision.ledger import BEST_INFO, BEST_MODEL, HISTORIES, LEDGER  # noqa: E402
 from toonvision.train import TrainConfig, train  # noqa: E402
+
+from helpers import write_colour_pool  # noqa: E402
 
 TINY = dict(image_size=(48, 44), batch_size=4, epochs=1, seed=5)  # 20 crops: 12/4/4; 44: the models' minimum
 POOL = {"cog_bb_a": 10, "toon_cat": 10}

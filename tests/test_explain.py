@@ -8,8 +8,6 @@ import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from colour_models import COLOURS, SIZE, colour_image, colour_model  # noqa: E402
-from helpers import voc_xml  # noqa: E402
 from PIL import Image
 
 from toonvision.cli import main  # noqa: E402
@@ -25,6 +23,9 @@ from toonvision.explain import (  # noqa: E402
 )
 from toonvision.modelfile import LoadedModel, ModelInfo  # noqa: E402
 from toonvision.models import build_model  # noqa: E402
+
+from colour_models import COLOURS, SIZE, colour_image, colour_model  # noqa: E402
+from helpers import voc_xml  # noqa: E402
 
 
 def loaded(model, classes, size=SIZE) -> LoadedModel:
@@ -123,8 +124,19 @@ def test_explain_writes_one_png_per_image_and_per_screenshot_object(tmp_path):
     (tmp_path / "shot.xml").write_text(voc_xml("shot.png", [("toon_cat", (5, 5, 25, 40))]))
     out = tmp_path / "explained"
 
-    result = CliRunner().invoke(main, ["explain", str(model_file), str(tmp_path / "crop.png"), str(tmp_path / "shot.png"),
-                                       "--classes", "blue,green,red", "--out", str(out)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "explain",
+            str(model_file),
+            str(tmp_path / "crop.png"),
+            str(tmp_path / "shot.png"),
+            "--classes",
+            "blue,green,red",
+            "--out",
+            str(out),
+        ],
+    )
 
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["crop_gradcam.png", "shot_obj0_toon_cat_gradcam.png"]

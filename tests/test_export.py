@@ -16,15 +16,6 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
-from colour_models import (  # noqa: E402
-    THREE,
-    colour_image,
-    colour_model,
-    colour_pool,
-    hand_plan,
-    save_best,
-)
-
 from toonvision import runtimes  # noqa: E402
 from toonvision.cli import main  # noqa: E402
 from toonvision.constants import EXPORT_FORMATS  # noqa: E402
@@ -36,6 +27,15 @@ from toonvision.fsutil import file_sha256  # noqa: E402
 from toonvision.modelfile import open_model  # noqa: E402
 from toonvision.predict import predict  # noqa: E402
 from toonvision.runtimes import export_info_path, export_sha256, open_runtime  # noqa: E402
+
+from colour_models import (  # noqa: E402
+    THREE,
+    colour_image,
+    colour_model,
+    colour_pool,
+    hand_plan,
+    save_best,
+)
 
 TINY = (32, 32)
 CLASSES = ("bb", "lb", "cb")

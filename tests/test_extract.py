@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import noise_image, voc_xml, write_screenshot
 from PIL import Image
 
 from toonvision.cli import main
@@ -30,6 +29,8 @@ from toonvision.layout import Layout
 from toonvision.locks import locked
 from toonvision.manifest import load_manifest
 from toonvision.problems import Severity
+
+from helpers import noise_image, voc_xml, write_screenshot
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -261,7 +262,7 @@ def test_killed_extract_reruns_to_the_clean_state(tmp_path):
     for name, ready in kill_points.items():
         killed = Layout.from_dirs(tmp_path / name.replace(" ", "_"))
         command = [sys.executable, "-c", KILLABLE, str(killed.img_dir), str(shots)]
-        interrupted += _kill_when(command, lambda: ready(killed), env)
+        interrupted += _kill_when(command, lambda ready=ready, killed=killed: ready(killed), env)
         extract(killed, ExtractOptions(screenshots=shots, workers=1))
         assert pool_state(killed) == pool_state(clean), f"killed when {name}"
     assert interrupted >= 2, "the kills must land while extract is running"
@@ -270,14 +271,27 @@ def test_killed_extract_reruns_to_the_clean_state(tmp_path):
 def test_a_second_process_is_told_who_holds_the_pool(tmp_path, layout):
     write_screenshot(tmp_path / "shots", "a", [("toon_cat", (0, 0, 9, 9))])
     with locked(layout.lock_file, str(layout.img_dir)):
-        code = f"import fcntl,os; fd=os.open({str(layout.lock_file)!r}, os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX|fcntl.LOCK_NB)"
+        code = (f"import fcntl,os; fd=os.open({str(layout.lock_file)!r}, os.O_RDWR); "
+                "fcntl.flock(fd, fcntl.LOCK_EX|fcntl.LOCK_NB)")
         assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode != 0
     with locked(layout.lock_file, "img"):
         pass  # released locks are reusable: a crashed holder never blocks the next run
     with locked(layout.lock_file, str(layout.img_dir)):
-        refused = subprocess.run([sys.executable, "-m", "toonvision", "--img-dir", str(layout.img_dir), "extract",
-                                  "--screenshots", str(tmp_path / "shots")], capture_output=True, text=True,
-                                 env={**os.environ, "PYTHONPATH": str(REPO)})
+        refused = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "toonvision",
+                "--img-dir",
+                str(layout.img_dir),
+                "extract",
+                "--screenshots",
+                str(tmp_path / "shots"),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
     assert refused.returncode == 1, refused.stderr
     assert f"another toonvision is working on {layout.img_dir}, pid {os.getpid()}" in refused.stderr
     assert not layout.manifest.exists()
@@ -319,7 +333,9 @@ def test_cli_extract_exit_codes(tmp_path):
     assert runner.invoke(main, args).exit_code == 0
     write_screenshot(shots, "bad", [("a/b", (0, 0, 9, 9))])
     assert runner.invoke(main, args).exit_code == 1
-    missing = runner.invoke(main, ["--img-dir", str(tmp_path / "img"), "extract", "--screenshots", str(tmp_path / "none")])
+    missing = runner.invoke(
+        main, ["--img-dir", str(tmp_path / "img"), "extract", "--screenshots", str(tmp_path / "none")]
+    )
     assert missing.exit_code == 2 and "no such folder" in missing.output
 
 
@@ -402,6 +418,7 @@ def test_a_corrected_label_replaces_the_crop_on_re_extract(tmp_path, layout):
     assert old.status == "retired" and old.replaced_by == new.crop and new.active
     assert (layout.pool / old.crop).exists(), "nothing is deleted: the old file stays, out of the active set"
     from toonvision.manifest import load_pool
+
     assert sorted(r.label for r in load_pool(layout)[0]) == ["cog_lb_bigwig", "toon_cat"]
     # corrected back: a fresh index, never the retired one's
     (shots / "a.xml").write_text(voc_xml("a.png", [("cog_bb_flunky", (0, 0, 20, 20)), ("toon_cat", (20, 20, 40, 40))]))
@@ -430,8 +447,16 @@ def test_a_manifest_without_hashes_loads_and_gets_them_on_the_next_extract(tmp_p
 
 
 def test_two_labels_on_one_box_of_one_xml_are_a_conflict_and_the_screenshot_is_not_moved(tmp_path, layout):
-    write_screenshot(layout.screenshots, "a", [("toon_cat", (0, 0, 20, 20)), ("toon_dog", (0, 0, 20, 20)),
-                                               ("toon_cat", (0, 0, 20, 20)), ("toon_pig", (30, 5, 50, 40))])
+    write_screenshot(
+        layout.screenshots,
+        "a",
+        [
+            ("toon_cat", (0, 0, 20, 20)),
+            ("toon_dog", (0, 0, 20, 20)),
+            ("toon_cat", (0, 0, 20, 20)),
+            ("toon_pig", (30, 5, 50, 40)),
+        ],
+    )
     write_screenshot(layout.screenshots, "ok", [("toon_cat", (0, 0, 9, 9))], seed=5)
     result = extract(layout, ExtractOptions(move=True))
     assert sorted(r.label for r in active(layout)) == ["toon_cat", "toon_cat", "toon_dog", "toon_pig"]

@@ -78,6 +78,11 @@ def test_hostile_seeds_are_refused_with_the_reason(target, error, message):
 
 
 def test_look_alike_labels_are_refused():
-    for raw in ("toon_c\u0430t", "\uff54\uff4f\uff4f\uff4e", "toon_mon\u212aey", targets.label_from_bytes(b"toon_\x8e")):
+    for raw in (
+        "toon_c\u0430t",
+        "\uff54\uff4f\uff4f\uff4e",
+        "toon_mon\u212aey",
+        targets.label_from_bytes(b"toon_\x8e"),
+    ):
         with pytest.raises(ValueError, match="non-ASCII"):
             normalise_label(raw)

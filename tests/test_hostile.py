@@ -16,18 +16,19 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from click.testing import CliRunner
-from helpers import noise_image, voc_xml, write_screenshot
 from PIL import Image
 
 from toonvision.cli import main
 from toonvision.constants import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_XML_BYTES
 from toonvision.manifest import load_manifest
+
+from helpers import noise_image, voc_xml, write_screenshot
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = b"TOP-SECRET-MARKER"
@@ -69,12 +70,15 @@ def _xxe(outside: Path) -> str:
 def _billion_laughs() -> str:
     levels = ['<!ENTITY l0 "lol">'] + [
         f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 10)]
-    return f'<?xml version="1.0"?>\n<!DOCTYPE annotation [{"".join(levels)}]>\n<annotation><filename>&l9;</filename></annotation>'
+    return (f'<?xml version="1.0"?>\n<!DOCTYPE annotation [{"".join(levels)}]>\n'
+            "<annotation><filename>&l9;</filename></annotation>")
 
 
 def _parameter_entity(outside: Path) -> str:
-    return (f'<?xml version="1.0"?>\n<!DOCTYPE annotation [<!ENTITY % p SYSTEM "file://{outside}/evil.dtd"> %p;]>\n'
-            "<annotation/>")
+    return (
+        f'<?xml version="1.0"?>\n<!DOCTYPE annotation [<!ENTITY % p SYSTEM "file://{outside}/evil.dtd"> %p;]>\n'
+        "<annotation/>"
+    )
 
 
 def _nesting(total_bytes: int) -> bytes:
@@ -84,19 +88,23 @@ def _nesting(total_bytes: int) -> bytes:
 
 def _xml_case(stem: str, make: Callable[[Path], str | bytes]) -> Callable[[Path, Path], None]:
     """A hostile XML beside a good image."""
+
     def build(shots: Path, outside: Path) -> None:
         content = make(outside)
         noise_image(seed=len(stem)).save(shots / f"{stem}.png")
         path = shots / f"{stem}.xml"
         path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content, encoding="utf-8")
+
     return build
 
 
 def _image_case(stem: str, data: bytes, suffix: str = ".png") -> Callable[[Path, Path], None]:
     """A hostile image beside a good XML."""
+
     def build(shots: Path, outside: Path) -> None:
         (shots / f"{stem}{suffix}").write_bytes(data)
         (shots / f"{stem}.xml").write_text(voc_xml(f"{stem}{suffix}", ONE_CAT))
+
     return build
 
 
@@ -176,46 +184,100 @@ class Case:
 
 CASES = [
     Case("external entity", _xml_case("xxe", _xxe), "error: xxe.xml: contains a DTD or entity declaration"),
-    Case("external entity, UTF-16", _xml_case("xxe16", lambda o: _xxe(o).replace(
-        '"1.0"?', '"1.0" encoding="utf-16"?').encode("utf-16")), "error: xxe16.xml: contains a DTD or entity declaration"),
+    Case(
+        "external entity, UTF-16",
+        _xml_case("xxe16", lambda o: _xxe(o).replace('"1.0"?', '"1.0" encoding="utf-16"?').encode("utf-16")),
+        "error: xxe16.xml: contains a DTD or entity declaration",
+    ),
     Case("parameter entity", _xml_case("param", _parameter_entity), "error: param.xml: contains a DTD or entity"),
-    Case("billion laughs", _xml_case("laughs", lambda o: _billion_laughs()), "error: laughs.xml: contains a DTD or entity"),
-    Case("billion laughs, UTF-16", _xml_case("laughs16", lambda o: _billion_laughs().replace(
-        '"1.0"?', '"1.0" encoding="utf-16"?').encode("utf-16")), "error: laughs16.xml: contains a DTD or entity declaration"),
-    Case("10 MB of nesting", _xml_case("nest10mb", lambda o: _nesting(10 * 1024 * 1024)),
-         rf"error: nest10mb.xml: \d+ bytes is larger than the {MAX_XML_BYTES}-byte limit"),
-    Case("4 MB of nesting", _xml_case("nest4mb", lambda o: _nesting(4 * 1024 * 1024)),
-         r"error: nest4mb.xml: not well-formed XML \(Excessive depth in document: 256"),
-    Case("NUL byte in a label", _xml_case("nul", lambda o: voc_xml("nul.png", [("toon\0cat", (0, 0, 9, 9))])),
-         r"error: nul.xml: not well-formed XML \(Invalid character: Char 0x0 out of allowed range"),
-    Case("NUL character reference", _xml_case("nulref", lambda o: voc_xml("nulref.png", [("toon&#0;cat", (0, 0, 9, 9))])),
-         r"error: nulref.xml: not well-formed XML \(xmlParseCharRef: invalid xmlChar value 0"),
+    Case(
+        "billion laughs",
+        _xml_case("laughs", lambda o: _billion_laughs()),
+        "error: laughs.xml: contains a DTD or entity",
+    ),
+    Case(
+        "billion laughs, UTF-16",
+        _xml_case(
+            "laughs16", lambda o: _billion_laughs().replace('"1.0"?', '"1.0" encoding="utf-16"?').encode("utf-16")
+        ),
+        "error: laughs16.xml: contains a DTD or entity declaration",
+    ),
+    Case(
+        "10 MB of nesting",
+        _xml_case("nest10mb", lambda o: _nesting(10 * 1024 * 1024)),
+        rf"error: nest10mb.xml: \d+ bytes is larger than the {MAX_XML_BYTES}-byte limit",
+    ),
+    Case(
+        "4 MB of nesting",
+        _xml_case("nest4mb", lambda o: _nesting(4 * 1024 * 1024)),
+        r"error: nest4mb.xml: not well-formed XML \(Excessive depth in document: 256",
+    ),
+    Case(
+        "NUL byte in a label",
+        _xml_case("nul", lambda o: voc_xml("nul.png", [("toon\0cat", (0, 0, 9, 9))])),
+        r"error: nul.xml: not well-formed XML \(Invalid character: Char 0x0 out of allowed range",
+    ),
+    Case(
+        "NUL character reference",
+        _xml_case("nulref", lambda o: voc_xml("nulref.png", [("toon&#0;cat", (0, 0, 9, 9))])),
+        r"error: nulref.xml: not well-formed XML \(xmlParseCharRef: invalid xmlChar value 0",
+    ),
     Case("not XML at all", _xml_case("binary", lambda o: bytes(range(256))), "error: binary.xml: not well-formed XML"),
-    Case("decompression bomb PNG", _image_case("bomb", _png(30_000, 30_000)),
-         r"error: bomb.png: decompression bomb \(more pixels than Pillow's safety limit\); refusing"),
-    Case("decompression bomb GIF", _image_case("bombgif", _gif(65_535, 65_535), ".gif"),
-         "error: bombgif.gif: decompression bomb"),
-    Case("too many pixels", _image_case("big", _png(8_000, 7_000)),
-         rf"error: big.png: 8000x7000 pixels exceeds the limit of {MAX_IMAGE_PIXELS} \(a decompression bomb"),
-    Case("huge sparse file", _huge_sparse, rf"error: huge.png: \d+ bytes is larger than the {MAX_IMAGE_BYTES}-byte limit"),
-    Case("truncated image", _image_case("truncated", _noise_png()[:600]), r"error: truncated.png: truncated or corrupt image"),
+    Case(
+        "decompression bomb PNG",
+        _image_case("bomb", _png(30_000, 30_000)),
+        r"error: bomb.png: decompression bomb \(more pixels than Pillow's safety limit\); refusing",
+    ),
+    Case(
+        "decompression bomb GIF",
+        _image_case("bombgif", _gif(65_535, 65_535), ".gif"),
+        "error: bombgif.gif: decompression bomb",
+    ),
+    Case(
+        "too many pixels",
+        _image_case("big", _png(8_000, 7_000)),
+        rf"error: big.png: 8000x7000 pixels exceeds the limit of {MAX_IMAGE_PIXELS} \(a decompression bomb",
+    ),
+    Case(
+        "huge sparse file", _huge_sparse, rf"error: huge.png: \d+ bytes is larger than the {MAX_IMAGE_BYTES}-byte limit"
+    ),
+    Case(
+        "truncated image",
+        _image_case("truncated", _noise_png()[:600]),
+        r"error: truncated.png: truncated or corrupt image",
+    ),
     Case("zero bytes", _image_case("empty", b""), r"error: empty.png: file is empty \(0 bytes\)"),
     Case("not an image", _image_case("text", b"hello, I am text"), "error: text.png: not an image Pillow can read"),
-    Case("TIFF that broke Pillow (found by fuzz_image)", _image_case(
-        "fuzzed", (REPO / "fuzz" / "regressions" / "image" / "tiff_strip_offsets_as_text.tif").read_bytes(), ".tif"),
-         r"error: fuzzed.tif: corrupt image \(Pillow failed with TypeError: "),
-    Case("folder named like an image", _folder_named_like_an_image, "warning: folder.png: is a folder named like an image; skipped"),
+    Case(
+        "TIFF that broke Pillow (found by fuzz_image)",
+        _image_case(
+            "fuzzed", (REPO / "fuzz" / "regressions" / "image" / "tiff_strip_offsets_as_text.tif").read_bytes(), ".tif"
+        ),
+        r"error: fuzzed.tif: corrupt image \(Pillow failed with TypeError: ",
+    ),
+    Case(
+        "folder named like an image",
+        _folder_named_like_an_image,
+        "warning: folder.png: is a folder named like an image; skipped",
+    ),
     Case("XML beside that folder", None, r"error: folder.xml: has no image named folder\.<png\|jpg\|...> beside it"),
-    Case("symlink image outside", _symlinks_outside,
-         "warning: leak.png: is a symbolic link to a file outside the screenshots folder; not followed"),
+    Case(
+        "symlink image outside",
+        _symlinks_outside,
+        "warning: leak.png: is a symbolic link to a file outside the screenshots folder; not followed",
+    ),
     Case("symlink XML outside", None, "warning: leak.xml: is a symbolic link to a file outside the screenshots folder"),
     Case("symlink folder", _symlinked_folder, "warning: linked: is a symbolic link to a folder; not followed"),
     Case("broken symlink", _broken_symlink, r"error: broken.png: cannot read \(No such file or directory\)"),
-    Case("pipe named like an image", _fifo_image, r"error: pipe.png: is not a regular file \(a pipe, socket or device\)"),
+    Case(
+        "pipe named like an image", _fifo_image, r"error: pipe.png: is not a regular file \(a pipe, socket or device\)"
+    ),
     Case("pipe named like an XML", _fifo_xml, r"error: pipexml.xml: is not a regular file"),
     Case("name not UTF-8", _not_utf8_name, "error: caf\\xe9.png: name is not valid UTF-8 and cannot be recorded"),
-    *[Case(f"label: {name}", None if number else _hostile_labels, f"error: labels.xml: object {number}: .*{message}")
-      for number, (name, _, message) in enumerate(HOSTILE_LABELS)],
+    *[
+        Case(f"label: {name}", None if number else _hostile_labels, f"error: labels.xml: object {number}: .*{message}")
+        for number, (name, _, message) in enumerate(HOSTILE_LABELS)
+    ],
 ]
 
 
@@ -240,8 +302,11 @@ def _good_screenshots(shots: Path, outside: Path) -> None:
         write_screenshot(image.parent, image.stem, [("toon_dog", (1, 1, 11, 11))], seed=seed)
     # XML whose filename and path point outside: the image beside it is used, the outside one never read
     noise_image(seed=30).save(shots / "pointer.png")
-    (shots / "pointer.xml").write_text(voc_xml("../../outside/secret.png", ONE_CAT).replace(
-        "<path>C:\\raw\\../../outside/secret.png</path>", f"<path>{outside}/secret.png</path>"))
+    (shots / "pointer.xml").write_text(
+        voc_xml("../../outside/secret.png", ONE_CAT).replace(
+            "<path>C:\\raw\\../../outside/secret.png</path>", f"<path>{outside}/secret.png</path>"
+        )
+    )
 
 
 def build_batch(root: Path) -> tuple[Path, Path, Path]:
@@ -270,8 +335,10 @@ def snapshot(root: Path) -> dict[str, tuple]:
             if stat.S_ISLNK(info.st_mode):
                 detail: object = os.readlink(path)
             elif stat.S_ISREG(info.st_mode):
-                detail = (info.st_size, info.st_mtime_ns if info.st_size > 1 << 20
-                          else hashlib.sha256(Path(path).read_bytes()).hexdigest())
+                detail = (
+                    info.st_size,
+                    info.st_mtime_ns if info.st_size > 1 << 20 else hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+                )
             else:
                 detail = None
             state[os.path.relpath(path, root)] = (kind, detail)
@@ -284,11 +351,15 @@ def changed(before: dict, after: dict) -> set[str]:
 
 def run_toonvision(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.run([sys.executable, "-m", "toonvision", *args], cwd=cwd, env=env,
-                             capture_output=True, timeout=120)
-    return subprocess.CompletedProcess(process.args, process.returncode,
-                                       process.stdout.decode("utf-8", "backslashreplace"),
-                                       process.stderr.decode("utf-8", "backslashreplace"))
+    process = subprocess.run(
+        [sys.executable, "-m", "toonvision", *args], cwd=cwd, env=env, capture_output=True, timeout=120
+    )
+    return subprocess.CompletedProcess(
+        process.args,
+        process.returncode,
+        process.stdout.decode("utf-8", "backslashreplace"),
+        process.stderr.decode("utf-8", "backslashreplace"),
+    )
 
 
 @dataclass(frozen=True)
@@ -343,8 +414,9 @@ def test_no_traceback_is_shown(extracted):
 def test_nothing_is_written_outside_the_pool(extracted):
     assert extracted.changed, "the run wrote the pool"
     lock = os.path.join("img", ".toonvision.lock")
-    assert all(path.startswith(os.path.join("img", "unsorted")) or path == lock for path in extracted.changed), \
-        sorted(extracted.changed)
+    assert all(path.startswith(os.path.join("img", "unsorted")) or path == lock for path in extracted.changed), sorted(
+        extracted.changed
+    )
 
 
 def test_every_file_written_lies_in_the_pool_with_a_safe_name(extracted):
@@ -366,7 +438,9 @@ def test_files_outside_are_never_read(extracted):
 
 def test_validate_reports_the_same_files_and_writes_nothing(extracted, tmp_path):
     before = snapshot(extracted.root)
-    outcome = CliRunner().invoke(main, ["--img-dir", str(tmp_path / "img"), "validate", "--screenshots", str(extracted.shots)])
+    outcome = CliRunner().invoke(
+        main, ["--img-dir", str(tmp_path / "img"), "validate", "--screenshots", str(extracted.shots)]
+    )
     assert outcome.exit_code == 1 and isinstance(outcome.exception, SystemExit), outcome.exception
     assert f"{extracted.shots / 'pipe.png'}: is not a regular file" in outcome.output
     assert f"{extracted.shots / 'labels.xml'}: object 4: label 'toon_c\u0430t' holds non-ASCII" in outcome.output

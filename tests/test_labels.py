@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from helpers import cli, manifest, write_shots
 
 from toonvision.labels import normalise_label
 from toonvision.layout import Layout
+
+from helpers import cli, manifest, write_shots
 
 ACCEPTED = [
     ("cog_bb_flunky", "cog_bb_flunky"),

@@ -10,10 +10,11 @@ import threading
 import time
 
 import pytest
-from helpers import run_unprivileged
 
 from toonvision.errors import PoolLockedError
 from toonvision.locks import _HELD_LOCKS, locked
+
+from helpers import run_unprivileged
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="flock and fork")
 

@@ -26,7 +26,7 @@ def test_metrics_equal_a_hand_computed_confusion_matrix():
     assert m.accuracy == pytest.approx(5 / 9)
     # precision: TP / column sum (3, 4, 2); recall: TP / row sum (4, 2, 3)
     precision, recall = [2 / 3, 2 / 4, 1 / 2], [2 / 4, 2 / 2, 1 / 3]
-    f1 = [2 * p * r / (p + r) for p, r in zip(precision, recall)]
+    f1 = [2 * p * r / (p + r) for p, r in zip(precision, recall, strict=True)]
     assert [s.precision for s in m.per_class] == pytest.approx(precision)
     assert [s.recall for s in m.per_class] == pytest.approx(recall)
     assert [s.f1 for s in m.per_class] == pytest.approx(f1)  # 4/7, 2/3, 2/5

@@ -8,6 +8,12 @@ from click.testing import CliRunner
 
 keras = pytest.importorskip("keras")
 
+from toonvision.cli import main  # noqa: E402
+from toonvision.decode import model_input  # noqa: E402
+from toonvision.errors import ModelFileError, UsageError  # noqa: E402
+from toonvision.modelfile import load_model, open_model  # noqa: E402
+from toonvision.predict import predict  # noqa: E402
+
 from colour_models import (  # noqa: E402
     SIZE,
     TWO,
@@ -17,12 +23,6 @@ from colour_models import (  # noqa: E402
     hand_plan,
     save_best,
 )
-
-from toonvision.cli import main  # noqa: E402
-from toonvision.decode import model_input  # noqa: E402
-from toonvision.errors import ModelFileError, UsageError  # noqa: E402
-from toonvision.modelfile import load_model, open_model  # noqa: E402
-from toonvision.predict import predict  # noqa: E402
 
 
 def test_hdf5_model_renamed_keras_loads_and_predicts(tmp_path):

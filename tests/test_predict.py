@@ -11,12 +11,12 @@ from PIL import Image
 
 keras = pytest.importorskip("keras")
 
-from colour_models import COLOURS, SIZE, colour_image, colour_model  # noqa: E402
-from helpers import voc_xml  # noqa: E402
-
 from toonvision.decode import model_input  # noqa: E402
 from toonvision.errors import UsageError  # noqa: E402
 from toonvision.predict import format_predictions, predict  # noqa: E402
+
+from colour_models import COLOURS, SIZE, colour_image, colour_model  # noqa: E402
+from helpers import voc_xml  # noqa: E402
 
 
 def test_predict_preprocesses_exactly_as_training_decodes(tmp_path):
@@ -52,7 +52,17 @@ def test_predict_on_a_screenshot_returns_one_row_per_object_with_its_box(tmp_pat
     ]
     assert result.exit_code == 0
     csv_text = result.format("csv").splitlines()
-    assert csv_text[0].split(",")[:9] == ["file", "object", "xmin", "ymin", "xmax", "ymax", "label", "predicted", "confidence"]
+    assert csv_text[0].split(",")[:9] == [
+        "file",
+        "object",
+        "xmin",
+        "ymin",
+        "xmax",
+        "ymax",
+        "label",
+        "predicted",
+        "confidence",
+    ]
     assert len(csv_text) == 5
     data = json.loads(result.format("json"))
     assert data["predictions"][2]["box"] == [40, 10, 60, 40]
@@ -75,8 +85,6 @@ def test_predict_folder_of_real_screenshots_and_a_bad_file(tmp_path, samples):
     assert result.exit_code == 1
 
 
-
 def test_format_predictions_rejects_unknown_formats():
     with pytest.raises(UsageError, match="--format"):
         format_predictions([], ("a", "b"), "xml")
-

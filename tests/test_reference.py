@@ -8,8 +8,6 @@ import pytest
 pytest.importorskip("sklearn")
 tf = pytest.importorskip("tensorflow")
 
-from helpers import write_colour_pool  # noqa: E402
-
 from toonvision.cache import CropCache  # noqa: E402
 from toonvision.decode import resize  # noqa: E402
 from toonvision.reference import (  # noqa: E402
@@ -26,6 +24,8 @@ from toonvision.reference import (  # noqa: E402
 )
 from toonvision.split import plan_split  # noqa: E402
 from toonvision.tasks import get_task  # noqa: E402
+
+from helpers import write_colour_pool  # noqa: E402
 
 JOINT = RGB_BINS ** 3
 

@@ -7,6 +7,10 @@ import json
 import shutil
 
 import pytest
+
+from toonvision.layout import Layout
+from toonvision.train import TrainConfig, train
+
 from helpers import (
     IMAGE_SIZE,
     SIZE,
@@ -20,9 +24,6 @@ from helpers import (
     tree,
     write_shots,
 )
-
-from toonvision.layout import Layout
-from toonvision.train import TrainConfig, train
 
 TRAIN = ["--task", "binary", "--epochs", "1", "--image-size", SIZE, "--batch-size", "8"]
 CONFIG = dict(task="binary", epochs=1, image_size=IMAGE_SIZE, batch_size=8)

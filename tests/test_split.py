@@ -98,8 +98,8 @@ def test_every_class_gets_its_rounded_share_and_one_crop_per_split(ratios, group
         assert sum(counts) == n
         assert all(c >= 1 for c in counts)
         if all(q >= 1 for q in exact):  # no minimum-one correction needed: plain largest remainder
-            assert all(math.floor(q + 1e-9) <= c <= math.ceil(q - 1e-9) for c, q in zip(counts, exact))
-            assert sum(c - math.floor(q + 1e-9) for c, q in zip(counts, exact)) == n - sum(
+            assert all(math.floor(q + 1e-9) <= c <= math.ceil(q - 1e-9) for c, q in zip(counts, exact, strict=True))
+            assert sum(c - math.floor(q + 1e-9) for c, q in zip(counts, exact, strict=True)) == n - sum(
                 math.floor(q + 1e-9) for q in exact)
 
 
@@ -128,7 +128,7 @@ def test_no_screenshot_straddles_splits_and_every_class_is_everywhere(task: str,
     counts = plan.counts()
     assert all(counts[cls, s] >= 1 for cls in plan.classes for s in plan.splits)
     for cls, achieved in plan.achieved_ratios().items():  # whole screenshots still land close to the ratios
-        assert all(abs(a - r) < 0.05 for a, r in zip(achieved, plan.ratios)), (cls, achieved)
+        assert all(abs(a - r) < 0.05 for a, r in zip(achieved, plan.ratios, strict=True)), (cls, achieved)
 
 
 def test_a_class_in_few_screenshots_still_reaches_every_split() -> None:
@@ -280,7 +280,7 @@ def test_write_split_makes_hard_linked_class_folders_and_records_the_plan(make_p
     assert task_dir == layout.task_data("suit")
     for split in plan.splits:
         assert sorted(p.name for p in (task_dir / split).iterdir()) == ["bb", "lb"]
-    for a, rel in zip(plan.assignments, file_names(plan)):
+    for a, rel in zip(plan.assignments, file_names(plan), strict=True):
         linked, original = task_dir / rel, layout.pool / a.crop
         assert rel.startswith(f"{a.split}/{a.cls}/")
         assert os.path.samefile(linked, original)  # a hard link: no copy, and the pool keeps its file
@@ -356,7 +356,7 @@ def test_copies_where_hard_links_are_impossible(make_pool, monkeypatch) -> None:
     monkeypatch.setattr(split_module.os, "link", no_links)
     plan = plan_split(recs, LABEL, (0.6, 0.2, 0.2), 1)
     task_dir = write_split(plan, layout)
-    for a, rel in zip(plan.assignments, file_names(plan)):
+    for a, rel in zip(plan.assignments, file_names(plan), strict=True):
         assert (task_dir / rel).read_bytes() == (layout.pool / a.crop).read_bytes()
         assert not os.path.samefile(task_dir / rel, layout.pool / a.crop)
 

@@ -88,6 +88,7 @@ def test_the_checker_sees_a_cycle_through_a_function_local_import():
 
 def test_importing_the_cli_loads_no_tensorflow_or_matplotlib():
     """`toonvision --help` and `validate` must start fast: heavy libraries load inside the commands that need them."""
-    code = "import sys, toonvision.cli; print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules))"
+    code = ("import sys, toonvision.cli; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

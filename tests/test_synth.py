@@ -227,11 +227,21 @@ def test_weights_and_toon_share_choose_the_labels(overrides, toon_share, allowed
     assert counts and all(allowed(label) for label in counts)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"count": 0}, {"seed": -1}, {"size": HW(10, 10)}, {"size": HW(600, 5000)}, {"size": (600, 800)}, {"toon_share": 1.5},
-    {"entities": (3, 2)}, {"weights": (("toon_unicorn", 1.0),)}, {"weights": (("toon_cat", -1.0),)},
-    {"toon_share": 1.0, "weights": tuple((label, 0.0) for label in LABELS)},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"count": 0},
+        {"seed": -1},
+        {"size": HW(10, 10)},
+        {"size": HW(600, 5000)},
+        {"size": (600, 800)},
+        {"toon_share": 1.5},
+        {"entities": (3, 2)},
+        {"weights": (("toon_unicorn", 1.0),)},
+        {"weights": (("toon_cat", -1.0),)},
+        {"toon_share": 1.0, "weights": tuple((label, 0.0) for label in LABELS)},
+    ],
+)
 def test_bad_settings_are_refused_with_a_reason(kwargs):
     with pytest.raises(UsageError, match="synth: "):
         SynthConfig(**kwargs)
@@ -247,7 +257,7 @@ def test_suits_differ_in_colour_and_cogs_from_toons():
         for obj in scene.annotation.objects:
             xmin, ymin, xmax, ymax = obj.box.rounded()
             w, h = xmax - xmin, ymax - ymin
-            torso = pixels[ymin + int(0.45 * h):ymin + int(0.6 * h) + 1, xmin + int(0.35 * w):xmax - int(0.35 * w)]
+            torso = pixels[ymin + int(0.45 * h) : ymin + int(0.6 * h) + 1, xmin + int(0.35 * w) : xmax - int(0.35 * w)]
             group = obj.name.split("_")[1] if obj.name.startswith("cog_") else "toon"
             torsos.setdefault(group, []).append(np.median(torso.reshape(-1, 3), axis=0))
     assert set(torsos) == {"bb", "lb", "cb", "sb", "toon"}
@@ -324,7 +334,8 @@ def test_a_killed_synth_leaves_whole_files_and_a_rerun_finishes_the_job(tmp_path
     result = synthesize(out, SynthConfig(count=100, seed=9, size=HW(120, 160)), workers=1)
     assert result.present >= 5 and result.screenshots == 100
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{scene_name(9, i)}{suffix}" for i in range(100) for suffix in (".png", ".xml"))
+        f"{scene_name(9, i)}{suffix}" for i in range(100) for suffix in (".png", ".xml")
+    )
     config = SynthConfig(count=100, seed=9, size=HW(120, 160))
     for i in (0, 4, 99):
         assert (out / f"{scene_name(9, i)}.png").read_bytes() == png_bytes(config, i)
@@ -332,8 +343,21 @@ def test_a_killed_synth_leaves_whole_files_and_a_rerun_finishes_the_job(tmp_path
 
 def test_cli_writes_screenshots_and_prints_a_summary(tmp_path):
     runner = CliRunner()
-    args = ["--img-dir", str(tmp_path / "img"), "synth", "--count", "3", "--seed", "7", "--size", "240x320",
-            "--weight", "cog_*=0", "--toon-share", "1"]
+    args = [
+        "--img-dir",
+        str(tmp_path / "img"),
+        "synth",
+        "--count",
+        "3",
+        "--seed",
+        "7",
+        "--size",
+        "240x320",
+        "--weight",
+        "cog_*=0",
+        "--toon-share",
+        "1",
+    ]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     shots = tmp_path / "img" / "raw" / "screenshots"
@@ -345,14 +369,26 @@ def test_cli_writes_screenshots_and_prints_a_summary(tmp_path):
     assert again.exit_code == 0 and "3 already there" in again.output
 
 
-@pytest.mark.parametrize("args", [
-    ["--size", "800"], ["--size", "800x"], ["--size", "axb"], ["--size", "800x600x3"], ["--size", "10x10"],
-    ["--size", "0x600"], ["--size", "600x5000"],
-    ["--count", "0"], ["--weight", "toon_cat"], ["--weight", "toon_cat=-1"], ["--weight", "toon_unicorn=1"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--size", "800"],
+        ["--size", "800x"],
+        ["--size", "axb"],
+        ["--size", "800x600x3"],
+        ["--size", "10x10"],
+        ["--size", "0x600"],
+        ["--size", "600x5000"],
+        ["--count", "0"],
+        ["--weight", "toon_cat"],
+        ["--weight", "toon_cat=-1"],
+        ["--weight", "toon_unicorn=1"],
+    ],
+)
 def test_cli_bad_options_exit_2_with_a_message(tmp_path, args):
     result = CliRunner().invoke(main, ["--img-dir", str(tmp_path / "img"), "synth", "--count", "2", *args])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert not (tmp_path / "img" / "raw" / "screenshots").exists() or not any(
-        (tmp_path / "img" / "raw" / "screenshots").iterdir())
+        (tmp_path / "img" / "raw" / "screenshots").iterdir()
+    )

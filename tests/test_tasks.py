@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import SAMPLES, skip_unless_ci
 
 from toonvision.errors import UsageError
 from toonvision.tasks import BUILTIN_TASKS, Task, find_config, get_task, known_tasks
+
+from helpers import SAMPLES, skip_unless_ci
 
 PREDEFINED = SAMPLES / "predefined_classes.txt"
 

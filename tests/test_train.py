@@ -14,7 +14,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from helpers import write_colour_pool  # noqa: E402
 
 from toonvision.errors import (  # noqa: E402
     ImageError,
@@ -36,6 +35,8 @@ from toonvision.ledger import (  # noqa: E402
 )
 from toonvision.split import load_split, plan_from_dict  # noqa: E402
 from toonvision.train import TrainConfig, train  # noqa: E402
+
+from helpers import write_colour_pool  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(image_size=(48, 44), batch_size=4, epochs=1, seed=5)  # 20 crops: 12/4/4, whole batches
@@ -502,7 +503,8 @@ def test_cli_usage_errors_exit_2_without_traceback(tmp_path, args, message):
     from toonvision.cli import main
 
     result = CliRunner().invoke(
-        main, ["--img-dir", str(tmp_path / "img"), "--models-dir", str(tmp_path / "m"), "train", "--task", "binary", *args]
+        main,
+        ["--img-dir", str(tmp_path / "img"), "--models-dir", str(tmp_path / "m"), "train", "--task", "binary", *args],
     )
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
@@ -522,8 +524,17 @@ def test_fine_tune_trains_a_second_phase_on_the_top_of_the_base_only(binary_pool
 
     toonvision.train.build_model = build
     try:
-        train(layout, TrainConfig(task="binary", model="mobilenetv2", weights=None, fine_tune=True,
-                                  fine_tune_epochs=1, **{**TINY, "image_size": (32, 32)}))
+        train(
+            layout,
+            TrainConfig(
+                task="binary",
+                model="mobilenetv2",
+                weights=None,
+                fine_tune=True,
+                fine_tune_epochs=1,
+                **{**TINY, "image_size": (32, 32)},
+            ),
+        )
     finally:
         toonvision.train.build_model = real_build
     model, initial = built[0]
@@ -538,8 +549,12 @@ def test_fine_tune_trains_a_second_phase_on_the_top_of_the_base_only(binary_pool
     assert len(history["loss"]) == len(history["val_loss"]) == 2  # 1 epoch + 1 fine-tuning epoch
     assert ledger(out / LEDGER)[0]["epochs"] == "2"
     info = json.loads((out / BEST_INFO).read_text())
-    assert info["fine_tune"] == {"epochs": 1, "unfrozen_from": "block_16_expand", "learning_rate": pytest.approx(1e-4),
-                                 "batch_norm": "frozen"}
+    assert info["fine_tune"] == {
+        "epochs": 1,
+        "unfrozen_from": "block_16_expand",
+        "learning_rate": pytest.approx(1e-4),
+        "batch_norm": "frozen",
+    }
     assert json.loads((out / TRAIN_INFO).read_text())["config"]["fine_tune"] == 1
     assert TrainConfig(task="binary").identity()["fine_tune"] == 0
 
@@ -556,10 +571,26 @@ def test_offline_imagenet_weights_stop_training_with_the_message_before_anything
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setattr("toonvision.models._keras_cache_dirs", lambda: [tmp_path / "keras"])
     monkeypatch.setattr("toonvision.models.MOBILENET_WEIGHTS_ORIGIN", "http://127.0.0.1:9/")  # refused: offline
-    result = CliRunner().invoke(main, [
-        "--img-dir", str(layout.img_dir), "--models-dir", str(layout.models_dir), "train", "--task", "binary",
-        "--model", "mobilenetv2", "--image-size", "32x32", "--epochs", "1", "--seed", "5",
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "--img-dir",
+            str(layout.img_dir),
+            "--models-dir",
+            str(layout.models_dir),
+            "train",
+            "--task",
+            "binary",
+            "--model",
+            "mobilenetv2",
+            "--image-size",
+            "32x32",
+            "--epochs",
+            "1",
+            "--seed",
+            "5",
+        ],
+    )
     assert result.exit_code == 1
     assert mobilenet_weights_file_name((32, 32)) in result.output and "Traceback" not in result.output
     assert str(tmp_path / "keras" / "models") in result.output
@@ -590,8 +621,21 @@ def test_auto_size_comes_from_the_crops_of_the_task_only(tmp_path):
     from toonvision.train import resolve_image_size
 
     def crop(label: str, height: int, width: int, i: int) -> CropRecord:
-        return CropRecord(f"x/{label}_{i}.png", label, label.split("_")[0], i, f"s{i}.png", 0, 0, width, height,
-                          width, height, f"s{i}", f"c{label}{i}")
+        return CropRecord(
+            f"x/{label}_{i}.png",
+            label,
+            label.split("_")[0],
+            i,
+            f"s{i}.png",
+            0,
+            0,
+            width,
+            height,
+            width,
+            height,
+            f"s{i}",
+            f"c{label}{i}",
+        )
 
     records = [crop("cog_bb_a", 90 + i, 60, i) for i in range(5)] + [crop("toon_cat", 400, 400, i) for i in range(9)]
     config = resolve_image_size(TrainConfig(task="suit", image_size="auto"), records, get_task("suit"))

@@ -17,8 +17,6 @@ import pytest
 keras = pytest.importorskip("keras")
 pytest.importorskip("keras_tuner")
 
-from helpers import write_colour_pool  # noqa: E402
-
 from toonvision.errors import PoolError, SplitError, UsageError  # noqa: E402
 from toonvision.layout import Layout  # noqa: E402
 from toonvision.models import Hyperparameters  # noqa: E402
@@ -37,6 +35,8 @@ from toonvision.tune import (  # noqa: E402
     choose_best,
     tune,
 )
+
+from helpers import write_colour_pool  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = {"cog_bb_a": 10, "toon_cat": 10}  # 20 crops: test 4, the search 12 train / 4 validate

@@ -12,6 +12,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+
+from toonvision.layout import Layout
+from toonvision.train import TrainConfig, train
+
 from helpers import (
     IMAGE_SIZE,
     SIZE,
@@ -24,9 +28,6 @@ from helpers import (
     manifest,
     matches,
 )
-
-from toonvision.layout import Layout
-from toonvision.train import TrainConfig, train
 
 SPLITS = ("train", "validate", "test")
 TINY = dict(task="binary", epochs=1, seed=3, image_size=IMAGE_SIZE, batch_size=8)

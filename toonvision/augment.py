@@ -69,9 +69,9 @@ DEFAULT_AUGMENT = AugmentSpec()
 
 
 def transform_matrices(
-    flips: "tf.Tensor", angles: "tf.Tensor", zooms: "tf.Tensor", height: int, width: int,
-    source: "tuple[tf.Tensor | int, tf.Tensor | int] | None" = None,
-) -> "tf.Tensor":
+    flips: tf.Tensor, angles: tf.Tensor, zooms: tf.Tensor, height: int, width: int,
+    source: tuple[tf.Tensor | int, tf.Tensor | int] | None = None,
+) -> tf.Tensor:
     """Fuse per-image flip (bool), rotation (radians, counter-clockwise) and zoom into
     the (N, 8) projective rows that ``ImageProjectiveTransformV3`` takes.
 
@@ -89,8 +89,8 @@ def transform_matrices(
 
 
 def augment_matrices(
-    flips: "tf.Tensor", angles: "tf.Tensor", zooms: "tf.Tensor", height: int, width: int
-) -> "tf.Tensor":
+    flips: tf.Tensor, angles: tf.Tensor, zooms: tf.Tensor, height: int, width: int
+) -> tf.Tensor:
     """The (N, 3, 3) flip @ rotation @ zoom maps of :func:`transform_matrices`, in pixels of a
     ``height`` x ``width`` image."""
     import tensorflow as tf
@@ -102,7 +102,7 @@ def augment_matrices(
     cy = (float(height) - 1.0) / 2.0
     zeros, ones = tf.zeros_like(angles), tf.ones_like(angles)
 
-    def matrix(rows: list[list["tf.Tensor"]]) -> "tf.Tensor":
+    def matrix(rows: list[list[tf.Tensor]]) -> tf.Tensor:
         return tf.stack([tf.stack(row, axis=-1) for row in rows], axis=-2)  # (N, 3, 3)
 
     sign = 1.0 - 2.0 * flips  # -1 where flipped: x_in = (w - 1) - x_out
@@ -122,8 +122,8 @@ def augment_matrices(
 
 
 def resize_matrix(
-    source: "tuple[tf.Tensor | int, tf.Tensor | int]", height: "tf.Tensor | int", width: "tf.Tensor | int"
-) -> "tf.Tensor":
+    source: tuple[tf.Tensor | int, tf.Tensor | int], height: tf.Tensor | int, width: tf.Tensor | int
+) -> tf.Tensor:
     """The (3, 3) map from a pixel of the resized ``height`` x ``width`` image to the point of the
     ``source``-sized image that ``tf.image.resize`` samples for it: x_in = (x + 0.5) * w_in / w - 0.5."""
     import tensorflow as tf
@@ -139,8 +139,8 @@ def resize_matrix(
 
 
 def sample_parameters(
-    seed: "tf.Tensor", batch: "tf.Tensor | int", spec: AugmentSpec = DEFAULT_AUGMENT
-) -> tuple["tf.Tensor", "tf.Tensor", "tf.Tensor"]:
+    seed: tf.Tensor, batch: tf.Tensor | int, spec: AugmentSpec = DEFAULT_AUGMENT
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Draw (flips, angles in radians, zooms) for ``batch`` images from a stateless seed."""
     import tensorflow as tf
 
@@ -154,9 +154,9 @@ def sample_parameters(
 
 
 def apply_transforms(
-    images: "tf.Tensor", transforms: "tf.Tensor", fill_mode: str = "reflect",
+    images: tf.Tensor, transforms: tf.Tensor, fill_mode: str = "reflect",
     output_size: tuple[int, int] | None = None, interpolation: str = "bilinear",
-) -> "tf.Tensor":
+) -> tf.Tensor:
     """Resample a (N, H, W, C) batch once (bilinearly by default) with one row of ``transforms``
     per image; float32 out, of ``output_size`` (height, width) or the input's size."""
     import tensorflow as tf
@@ -171,8 +171,8 @@ def apply_transforms(
 
 
 def _resample(
-    images: "tf.Tensor", transforms: "tf.Tensor", shape: "tf.Tensor", fill_mode: str, interpolation: str
-) -> "tf.Tensor":
+    images: tf.Tensor, transforms: tf.Tensor, shape: tf.Tensor, fill_mode: str, interpolation: str
+) -> tf.Tensor:
     """``ImageProjectiveTransformV3`` of a float32 batch to ``shape`` (height, width; may be dynamic)."""
     import tensorflow as tf
 
@@ -186,7 +186,7 @@ def _resample(
     )
 
 
-def augment_batch(images: "tf.Tensor", seed: "tf.Tensor", spec: AugmentSpec = DEFAULT_AUGMENT) -> "tf.Tensor":
+def augment_batch(images: tf.Tensor, seed: tf.Tensor, spec: AugmentSpec = DEFAULT_AUGMENT) -> tf.Tensor:
     """Randomly flip, rotate and zoom every image of a float batch, reproducibly from ``seed``."""
     import tensorflow as tf
 
@@ -200,9 +200,9 @@ def augment_batch(images: "tf.Tensor", seed: "tf.Tensor", spec: AugmentSpec = DE
 
 
 def augment_crop(
-    image: "tf.Tensor", seed: "tf.Tensor", image_size: tuple[int, int], spec: AugmentSpec = DEFAULT_AUGMENT,
+    image: tf.Tensor, seed: tf.Tensor, image_size: tuple[int, int], spec: AugmentSpec = DEFAULT_AUGMENT,
     mode: str = DEFAULT_RESIZE,
-) -> "tf.Tensor":
+) -> tf.Tensor:
     """One decoded crop (h, w, 3) resized to ``image_size`` and randomly flipped, rotated and
     zoomed; float32, reproducible from ``seed``.
 
@@ -236,7 +236,7 @@ def augment_crop(
     return resize(mid, (height, width), method="nearest" if spec.interpolation == "nearest" else "bilinear")[0]
 
 
-def augment_dataset(dataset: "tf.data.Dataset", seed: int, spec: AugmentSpec = DEFAULT_AUGMENT) -> "tf.data.Dataset":
+def augment_dataset(dataset: tf.data.Dataset, seed: int, spec: AugmentSpec = DEFAULT_AUGMENT) -> tf.data.Dataset:
     """Augment a batched ``(images, labels)`` dataset; different draws every epoch, same for the same seed.
 
     Each batch takes its own stateless seed from ``tf.data.Dataset.random``, re-randomised on

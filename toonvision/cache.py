@@ -45,9 +45,9 @@ import re
 import secrets
 import struct
 import weakref
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -171,7 +171,7 @@ class CropCache:
 
     def _fill(self, paths: Sequence[str | Path], keys: Sequence[str]) -> None:
         todo: dict[str, str] = {}
-        for path, key in zip(paths, keys):
+        for path, key in zip(paths, keys, strict=True):
             if key not in self._entries and key not in todo:
                 todo[key] = str(path)
         if not todo:
@@ -200,7 +200,7 @@ class CropCache:
         else:
             self._file.write_at(start, images)
         offset = start
-        for key, image, size in zip(keys, images, sizes):
+        for key, image, size in zip(keys, images, sizes, strict=True):
             self._entries[key] = (offset, int(image.shape[0]), int(image.shape[1]))
             offset += size
         self._used = start + total
@@ -334,7 +334,7 @@ def identify(paths: Sequence[str | Path]) -> list[tuple[str, int]]:
     if stale:
         with ThreadPoolExecutor(min(_HASH_THREADS, len(stale))) as pool:
             found = list(pool.map(lambda item: _hash_file(str(paths[item[0]])), stale))
-        for (i, info), (key, estimate) in zip(stale, found):
+        for (i, info), (key, estimate) in zip(stale, found, strict=True):
             if info is not None:
                 _IDENTITIES[str(paths[i])] = (info.st_size, info.st_mtime_ns, key, estimate)
             out[i] = (key, estimate)
@@ -346,7 +346,9 @@ def _hash_file(path: str) -> tuple[str, int]:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise ImageError(f"{path}: cannot be read ({exc.strerror or exc}); restore it or run `toonvision extract` again") from None
+        raise ImageError(
+            f"{path}: cannot be read ({exc.strerror or exc}); restore it or run `toonvision extract` again"
+        ) from None
     return hashlib.sha256(data).hexdigest(), _decoded_bytes(data)
 
 
@@ -366,6 +368,7 @@ def _decoded_bytes(data: bytes) -> int:
 
 
 # -- storage -------------------------------------------------------------------------------------
+
 
 class _WeakReader:
     """What ``tf.numpy_function`` keeps of a reader: a weak reference.
@@ -399,7 +402,7 @@ class _MemoryReader:
 
     def __call__(self, where: np.ndarray) -> np.ndarray:
         offset, height, width = (int(v) for v in where)
-        return self.buffer[offset:offset + height * width * 3].reshape(height, width, 3).copy()
+        return self.buffer[offset : offset + height * width * 3].reshape(height, width, 3).copy()
 
 
 class _PixelFile:
@@ -414,7 +417,9 @@ class _PixelFile:
         size = height * width * 3
         data = os.pread(self.fd, size, offset)
         if len(data) != size:
-            raise ImageError(f"{self.path}: the decoded-crop cache is truncated; delete {self.path.parent} and train again")
+            raise ImageError(
+                f"{self.path}: the decoded-crop cache is truncated; delete {self.path.parent} and train again"
+            )
         return np.frombuffer(data, np.uint8).reshape(height, width, 3)
 
     def write_at(self, offset: int, images: Sequence[np.ndarray]) -> None:
@@ -441,8 +446,12 @@ def _read_index(path: Path) -> tuple[str, int, dict[str, tuple[int, int, int]]] 
         name, size = index["pixels"], int(index["size"])
         entries = {str(k): (int(v[0]), int(v[1]), int(v[2])) for k, v in index["crops"].items()}
         pixels = path.parent / name
-        if (index.get("format") != CACHE_FORMAT or index.get("decoder") != decoder_version()
-                or not re.fullmatch(r"pixels-[0-9a-f]+\.u8", name) or pixels.stat().st_size < size):
+        if (
+            index.get("format") != CACHE_FORMAT
+            or index.get("decoder") != decoder_version()
+            or not re.fullmatch(r"pixels-[0-9a-f]+\.u8", name)
+            or pixels.stat().st_size < size
+        ):
             return None
     except FileNotFoundError:
         return None

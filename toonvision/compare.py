@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import datetime as dt
+import functools
 import hashlib
 import io
 import json
@@ -60,6 +60,7 @@ from toonvision.constants import (
     IMAGE_SIZE_AUTO,
 )
 from toonvision.errors import TrainingError, UsageError, write_error
+from toonvision.executors import Executor, LocalExecutor, RunOrder, RunSite, failure_message
 from toonvision.fsutil import (
     atomic_write_text,
     build_folder,
@@ -67,7 +68,6 @@ from toonvision.fsutil import (
     remove_stale_temp_files,
     swap_directory,
 )
-from toonvision.executors import Executor, LocalExecutor, RunOrder, RunSite, failure_message
 from toonvision.layout import Layout
 from toonvision.ledger import (
     LEDGER_COLUMNS,

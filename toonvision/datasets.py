@@ -23,8 +23,9 @@ Labels follow the head: ``binary`` (float32, shape (1,)) for 2 classes, ``int`` 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from toonvision.augment import AugmentSpec, augment_crop
 from toonvision.cache import CropCache, Reader, weak_reader
@@ -63,7 +64,7 @@ def from_directory(
     seed: int | None = None,
     label_mode: str | None = None,
     resize: str = DEFAULT_RESIZE,
-) -> "tf.data.Dataset":
+) -> tf.data.Dataset:
     """Batches of ``split_dir/<class>/*`` with ``classes`` as the label order (never inferred).
 
     ``resize="pad"`` keeps the aspect ratio (Keras' ``pad_to_aspect_ratio``), as
@@ -98,7 +99,7 @@ def from_directory(
 
 
 def from_plan(
-    plan: "SplitPlan",
+    plan: SplitPlan,
     pool: Path,
     split: str,
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
@@ -108,7 +109,7 @@ def from_plan(
     augment: AugmentSpec | None = None,
     cache: CropCache | None = None,
     resize: str = DEFAULT_RESIZE,
-) -> "tf.data.Dataset":
+) -> tf.data.Dataset:
     """Batches of one split of ``plan``, read from the pool's crops, decoded as Keras does.
 
     ``cache`` (from :func:`toonvision.cache.crop_cache`) shares decoded crops between runs;
@@ -145,13 +146,13 @@ def from_plan(
     size = tuple(int(v) for v in image_size)
     binary = label_mode_for(len(classes)) == "binary"
 
-    def target(label: "tf.Tensor") -> "tf.Tensor":
+    def target(label: tf.Tensor) -> tf.Tensor:
         return tf.expand_dims(tf.cast(label, tf.float32), -1) if binary else label
 
-    def load(row: "tf.Tensor", label: "tf.Tensor") -> tuple["tf.Tensor", "tf.Tensor"]:
+    def load(row: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return resize_image(read_cached(read, row), size, mode=mode), target(label)
 
-    def load_augmented(element: tuple["tf.Tensor", "tf.Tensor"], image_seed: "tf.Tensor") -> tuple["tf.Tensor", "tf.Tensor"]:
+    def load_augmented(element: tuple[tf.Tensor, tf.Tensor], image_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         row, label = element
         return augment_crop(read_cached(read, row), image_seed, size, augment, mode), target(label)
 
@@ -171,7 +172,7 @@ def from_plan(
     return dataset
 
 
-def read_cached(read: Reader, row: "tf.Tensor") -> "tf.Tensor":
+def read_cached(read: Reader, row: tf.Tensor) -> tf.Tensor:
     """A cached crop (a ``CropCache.locate`` row): its (height, width, 3) uint8 pixels."""
     import tensorflow as tf
 
@@ -218,14 +219,14 @@ def _check_arguments(
 
 
 def _finish(
-    dataset: "tf.data.Dataset",
+    dataset: tf.data.Dataset,
     count: int,
     batch_size: int,
     shuffle: bool,
     seed: int | None,
     file_paths: list[str],
     classes: list[str],
-) -> "tf.data.Dataset":
+) -> tf.data.Dataset:
     """(cache -> shuffle) -> batch -> prefetch, with the file list and class names attached.
 
     Only a shuffled dataset, iterated for several epochs, caches its decoded images; an

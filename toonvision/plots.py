@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import keras
@@ -87,7 +88,7 @@ def plot_test_boxplots(
     return _save(figure, path)
 
 
-def plot_architecture(model: "keras.Model", path: Path) -> Path | None:
+def plot_architecture(model: keras.Model, path: Path) -> Path | None:
     """The model's layers drawn with visualkeras; None (and a warning) if visualkeras cannot draw it."""
     try:
         import io
@@ -191,10 +192,10 @@ def plot_split_counts(
     axes = figure.add_subplot(1, 1, 1)
     bottom = [0] * len(names)
     colours = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
-    for (split, values), colour in zip(counts.items(), colours):
+    for (split, values), colour in zip(counts.items(), colours, strict=True):
         bars = axes.bar(range(len(names)), values, bottom=bottom, color=colour, label=split)
         axes.bar_label(bars, labels=[str(v) if v else "" for v in values], label_type="center", fontsize=7)
-        bottom = [b + v for b, v in zip(bottom, values)]
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     totals = axes.bar(range(len(names)), [0] * len(names), bottom=bottom, color="none")
     axes.bar_label(totals, labels=[str(b) for b in bottom], fontsize=8, padding=2)
     axes.set_xticks(range(len(names)), names, rotation=90 if len(names) > 8 else 0, fontsize=8)
@@ -301,7 +302,7 @@ def plot_prediction_grid(images: Sequence[Any], titles: Sequence[str], path: Pat
     columns = min(8, count)
     rows = math.ceil(count / columns)
     figure = Figure(figsize=(2.1 * columns, 3.4 * rows + 0.6), dpi=_DPI)
-    for index, (image, caption) in enumerate(zip(images, titles), start=1):
+    for index, (image, caption) in enumerate(zip(images, titles, strict=True), start=1):
         axes = figure.add_subplot(rows, columns, index)
         axes.imshow(image)
         axes.set_title(caption, fontsize=7)
@@ -334,7 +335,7 @@ def plot_gradcam(
     axes.imshow(image)
     axes.set_title("image", fontsize=8)
     axes.axis("off")
-    for index, (heatmap, caption) in enumerate(zip(heatmaps, titles), start=2):
+    for index, (heatmap, caption) in enumerate(zip(heatmaps, titles, strict=True), start=2):
         axes = figure.add_subplot(rows, columns, index)
         axes.imshow(grey, cmap="gray", vmin=0, vmax=255)
         axes.imshow(heatmap, cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)
@@ -392,10 +393,10 @@ def plot_compare_boxplots(
         if positions:
             axes.boxplot([data[i - 1] for i in positions], positions=positions, widths=0.5, showmeans=True)
         rng = np.random.default_rng(0)
-        for position, d in zip(range(1, len(data) + 1), data):
+        for position, d in zip(range(1, len(data) + 1), data, strict=True):
             if d:
                 axes.scatter(position + rng.uniform(-0.08, 0.08, len(d)), d, s=10, alpha=0.5, zorder=3)
-        axes.set_xticks(range(1, len(models) + 1), [f"{m}\n({len(d)} runs)" for m, d in zip(models, data)])
+        axes.set_xticks(range(1, len(models) + 1), [f"{m}\n({len(d)} runs)" for m, d in zip(models, data, strict=True)])
         axes.set_xlim(0.4, len(models) + 0.6)
         axes.set_title(name)
         axes.grid(alpha=0.3, axis="y")

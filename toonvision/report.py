@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from toonvision import plots
 from toonvision.constants import DEFAULT_CLASS_WEIGHT, DEFAULT_IMAGE_SIZE, DEFAULT_SELECT
@@ -114,7 +115,7 @@ class BalanceReport:
     def small_count(self) -> int:
         """Crops narrower or shorter than ``small_crop``."""
         w, h = self.small_crop
-        return sum(1 for width, height in zip(self.widths, self.heights) if width < w or height < h)
+        return sum(1 for width, height in zip(self.widths, self.heights, strict=True) if width < w or height < h)
 
     def table(self) -> str:
         lines = [f"pool: {self.total} crops, {len(self.labels)} labels"
@@ -270,10 +271,11 @@ def _table(kind: str, rows: Sequence[CountRow], split_names: Sequence[str], with
     head = f"{kind:<{width}}" + (f"  {'class':<{class_width}}" if with_class else "")
     head += f" {'count':>7} {'share':>6}" + "".join(f" {s:>8}" for s in split_names) + f" {'deficit':>8}"
     lines = [head]
-    for name, row in zip(names, rows):
+    for name, row in zip(names, rows, strict=True):
         line = f"{name:<{width}}" + (f"  {row.cls or '-':<{class_width}}" if with_class else "")
         line += f" {row.count:>7} {row.share:>6.1%}"
         if split_names:
-            line += "".join(f" {n:>8}" for n in row.splits) if row.splits else "".join(f" {'-':>8}" for _ in split_names)
+            cells = row.splits if row.splits else ["-"] * len(split_names)
+            line += "".join(f" {n:>8}" for n in cells)
         lines.append(line + f" {row.deficit:>8}")
     return lines

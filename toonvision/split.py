@@ -665,7 +665,7 @@ def _fill(plan: SplitPlan, files: Sequence[str], pool: Path, build: Path) -> Non
     pool_root = os.fspath(pool)
     copy_only = False
     copied = 0
-    for a, rel in zip(plan.assignments, files):
+    for a, rel in zip(plan.assignments, files, strict=True):
         src = f"{pool_root}/{a.crop}"  # f-strings: os.path.join costs more than the link itself
         dst = f"{root}/{rel}"
         try:
@@ -700,7 +700,7 @@ def format_split_csv(plan: SplitPlan, files: Sequence[str] | None = None) -> str
     seed = str(plan.seed)
     writer.writerows(
         (a.crop, a.label, a.cls, a.split, rel, a.source, a.source_sha256, seed)
-        for a, rel in zip(plan.assignments, files if files is not None else file_names(plan))
+        for a, rel in zip(plan.assignments, files if files is not None else file_names(plan), strict=True)
     )
     return out.getvalue()
 

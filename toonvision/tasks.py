@@ -20,9 +20,9 @@ its named group ``cls`` is the class::
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from toonvision.constants import SUITS
 
