@@ -34,7 +34,7 @@ def test_demo_runs_every_stage_and_a_rerun_reuses_its_screenshots_and_pool(tmp_p
     assert f"predict {root}/models/binary {root}/img/data/binary/test" in done
     own = done.splitlines()[-1]
     assert own.startswith("your own data: put labelImg screenshots + XML in img/raw/screenshots")
-    assert "`toonvision extract`" in own and "--runs 1 --epochs 1 --image-size 48x44" in own
+    assert "`toonvision extract`" in own and "`toonvision train --task label --runs 3`" in own
     assert (root / MARKER).exists()
     assert (root / "models" / "binary" / "best.keras").is_file()
     assert (root / "models" / "binary" / "evaluation" / "evaluation.json").is_file()

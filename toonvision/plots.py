@@ -192,7 +192,7 @@ def plot_split_counts(
     axes = figure.add_subplot(1, 1, 1)
     bottom = [0] * len(names)
     colours = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
-    for (split, values), colour in zip(counts.items(), colours, strict=True):
+    for (split, values), colour in zip(counts.items(), colours, strict=False):
         bars = axes.bar(range(len(names)), values, bottom=bottom, color=colour, label=split)
         axes.bar_label(bars, labels=[str(v) if v else "" for v in values], label_type="center", fontsize=7)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
