@@ -66,6 +66,7 @@ def test_label_issues_have_the_exact_columns_and_rank_an_injected_flip_near_the_
     assert flipped in [row["crop"] for row in issues[:2]], issues[:4]
     scores = [float(row["score"]) for row in issues]
     assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert float(issues[[row["crop"] for row in issues].index(flipped)]["score"]) > 0.5  # confidently contradicted
     rows = manifest(layout)
     top = issues[[row["crop"] for row in issues].index(flipped)]
     assert (top["label"], top["suggested"], top["source"]) == ("cog_bb_a", "toon", "shot004.png")

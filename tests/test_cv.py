@@ -88,7 +88,12 @@ def test_out_of_fold_probabilities_come_from_models_that_never_trained_on_the_cr
     folds = {row["crop"]: int(row["fold"]) for row in _rows(out / "folds.csv")}
     oof = _rows(out / "oof.csv")
     assert len(runs) == 3
-    assert sorted(r["crop"] for r in oof) == sorted(folds)  # every cross-validated crop once
+    records, _ = load_pool(layout)
+    test = {a.crop for a in _set_test_aside(records, get_task("binary"), TrainConfig(task="binary", seed=3))
+            .files("test")}
+    assert test and not test & set(folds)
+    assert sorted(r["crop"] for r in oof) == sorted([*folds, *test])  # every crop once, the set-aside ones too
+    assert {r["crop"] for r in oof if r["fold"] == "test"} == test  # predicted by the fold models, trained on by none
     pool_root = Path(layout.pool)
     for k, run in enumerate(runs):
         held = {c for c, f in folds.items() if f == k}
@@ -96,14 +101,13 @@ def test_out_of_fold_probabilities_come_from_models_that_never_trained_on_the_cr
         assert held and seen and not held & seen, f"fold {k} trained or validated on its held-out crops"
         assert {Path(p).relative_to(pool_root).as_posix() for p in run.test.file_paths} == held
         assert len(seen) + len(held) == len(folds)  # the rest of train+validate, no test crop
-    records, _ = load_pool(layout)
-    test = {a.crop for a in _set_test_aside(records, get_task("binary"), TrainConfig(task="binary", seed=3))
-            .files("test")}
-    assert test and not test & set(folds)
+    for run in runs:
+        assert not test & {Path(p).relative_to(pool_root).as_posix()
+                           for p in run.train.file_paths + run.validate.file_paths}
     for row in oof:
         p = np.array([float(row["p_cog"]), float(row["p_toon"])])
         assert abs(p.sum() - 1) < 1e-6 and row["predicted"] == ("cog", "toon")[int(p.argmax())]
-        assert int(row["fold"]) == folds[row["crop"]]
+        assert row["fold"] == str(folds.get(row["crop"], "test"))
     info = json.loads((out / "cv.json").read_text())
     assert len(info["per_fold"]) == 3 and info["options"]["folds"] == 3
     assert info["mean"]["macro_f1"] == pytest.approx(np.mean([f["macro_f1"] for f in info["per_fold"]]))

@@ -8,7 +8,8 @@
     img/data/<task>/ (the current split) ──────▶   └── audit.json        counts, thresholds, leaks in the split
 
 Label issues: cleanlab's confident learning (``cleanlab.filter.find_label_issues``) flags the crops
-whose given class the out-of-fold probabilities contradict; they are ranked by cleanlab's
+whose given class the out-of-sample probabilities contradict (cv's out-of-fold ones, and for the
+test crops cv set aside the mean of the fold models, none of which trained on them); they are ranked by cleanlab's
 self-confidence label quality (``cleanlab.rank.get_label_quality_scores``) and ``score`` is
 1 - quality (0..1, higher = more likely mislabelled). ``label`` is the manifest's label (what to
 change in labelImg), ``suggested`` the class the models predicted, ``source`` and the box the object.
@@ -79,7 +80,7 @@ class AuditResult:
     def summary(self) -> str:
         counts, leak_list = self.info["counts"], self.info["leaks"]
         lines = [
-            f"task {self.task}: {len(self.issues)} label-issue suspect(s) among {self.crops} cross-validated crops"
+            f"task {self.task}: {len(self.issues)} label-issue suspect(s) among {self.crops} crops"
             f" ({self.info['cv']['folds']}-fold, macro-F1 {self.info['cv']['macro_f1_mean']:.4f} +- "
             f"{self.info['cv']['macro_f1_std']:.4f})",
         ]
@@ -113,7 +114,7 @@ def rank_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np
 
 def label_issues(result: CVResult, records: Sequence[CropRecord]) -> list[LabelIssue]:
     """The flagged crops of ``result``'s out-of-fold probabilities, most suspicious first."""
-    crops, labels, probabilities = result.oof()
+    crops, labels, probabilities = result.every_crop()
     flagged, scores = rank_label_issues(labels, probabilities)
     by_crop = {r.crop: r for r in records}
     issues = []
@@ -160,10 +161,12 @@ def audit(layout: Layout, config: CVConfig, out: Path | None = None, progress: b
     info = {
         "task": task.name,
         "counts": {**report.counts(), "cross_validated_crops": len(result.fold_of),
+                   "checked_crops": len(result.class_of),
                    "label_issue_suspects": len(issues), "leaks": None if leak_list is None else len(leak_list)},
         "thresholds": report.thresholds(),
-        "label_issues": {"method": "cleanlab.filter.find_label_issues on out-of-fold probabilities, ranked by "
-                                   "self-confidence; score = 1 - label quality",
+        "label_issues": {"method": "cleanlab.filter.find_label_issues on out-of-fold probabilities (test crops: "
+                                   "the mean of the fold models), ranked by self-confidence; score = 1 - label "
+                                   "quality",
                          "cv": str(result.output)},
         "cv": {"folds": len(result.folds), "model": result.info["options"]["model"],
                "macro_f1_mean": result.info["mean"]["macro_f1"], "macro_f1_std": result.info["std"]["macro_f1"],
@@ -171,7 +174,7 @@ def audit(layout: Layout, config: CVConfig, out: Path | None = None, progress: b
         "leaks": leak_list,
     }
     atomic_write_text(folder / AUDIT_JSON, json.dumps(info, indent=2) + "\n")
-    return AuditResult(task.name, folder, tuple(issues), len(result.fold_of), info)
+    return AuditResult(task.name, folder, tuple(issues), len(result.class_of), info)
 
 
 def _leaks(layout: Layout, task: str, report: Any) -> list[dict[str, object]] | None:

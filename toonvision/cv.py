@@ -7,12 +7,13 @@ with the groups ``split`` uses (same screenshot content or near-duplicate screen
 model through ``train.train_run`` on the other folds, of which a grouped slice (``split``'s
 train:validate ratio, seed + k) is its validation data; the held-out fold is only predicted, so
 every out-of-fold probability comes from a model that never saw that crop, and validation never
-touches the fold it scores. Outputs::
+touches the fold it scores. The set-aside test crops, which no fold trains on, are predicted by every
+fold's model and get the mean (``fold`` "test" in oof.csv), so ``audit`` checks every crop's label. Outputs::
 
     models/<task>/cv/
     ├── cv.json       options, per-fold and mean +- std (population) of accuracy and macro-F1, per-class F1
     ├── folds.csv     crop, fold: every crop of train+validate exactly once
-    ├── oof.csv       crop, label, class, fold, predicted, p_<class>...: out-of-fold probabilities
+    ├── oof.csv       crop, label, class, fold, predicted, p_<class>...: out-of-fold probabilities of every crop
     ├── cv_metrics.png  box plot of the fold metrics
     └── ledger.json   the options, pool fingerprint, folds and every finished fold's predictions
 
@@ -97,6 +98,8 @@ class FoldResult:
     seconds: float
     crops: tuple[str, ...]
     probabilities: tuple[tuple[float, ...], ...] = field(repr=False)
+    aside: tuple[str, ...] = ()  # the set-aside test crops, predicted by this fold's model too
+    aside_probabilities: tuple[tuple[float, ...], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ class CVResult:
     classes: tuple[str, ...]
     fold_of: Mapping[str, int] = field(repr=False)  # crop -> fold
     label_of: Mapping[str, str] = field(repr=False)  # crop -> manifest label
-    class_of: Mapping[str, str] = field(repr=False)  # crop -> class
+    class_of: Mapping[str, str] = field(repr=False)  # crop -> class (test crops set aside included)
     folds: tuple[FoldResult, ...] = field(repr=False)
     info: Mapping[str, Any] = field(repr=False)  # cv.json
     output: Path = Path()
@@ -120,6 +123,22 @@ class CVResult:
         labels = np.array([self.classes.index(self.class_of[c]) for c in crops], dtype=np.int64)
         probabilities = np.array([rows[c] for c in crops], dtype=np.float64).reshape(len(crops), len(self.classes))
         return crops, labels, probabilities
+
+    def aside(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(crops, class indices, mean probabilities over the fold models) of the set-aside test crops."""
+        sums: dict[str, np.ndarray] = {}
+        for f in self.folds:
+            for crop, p in zip(f.aside, f.aside_probabilities, strict=True):
+                sums[crop] = sums.get(crop, 0) + np.asarray(p, dtype=np.float64)
+        crops = sorted(sums)
+        labels = np.array([self.classes.index(self.class_of[c]) for c in crops], dtype=np.int64)
+        probabilities = np.array([sums[c] / len(self.folds) for c in crops]).reshape(len(crops), len(self.classes))
+        return crops, labels, probabilities
+
+    def every_crop(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """:meth:`oof` followed by :meth:`aside`: out-of-sample probabilities of every crop of the task."""
+        a, b = self.oof(), self.aside()
+        return a[0] + b[0], np.concatenate([a[1], b[1]]), np.concatenate([a[2], b[2]])
 
     def summary(self) -> str:
         """A few lines for the terminal: mean +- std over folds and where the files are."""
@@ -220,8 +239,8 @@ def cv(layout: Layout, config: CVConfig, progress: bool = False) -> CVResult:
     pool_records = [r for r in records if r.crop in pooled]
     fold_of = assign_folds(pool, pool_records, config.folds, train_config.seed, train_config.group)
     classes = tuple(base.classes)
-    label_of = {a.crop: a.label for a in pool}
-    class_of = {a.crop: a.cls for a in pool}
+    label_of = {a.crop: a.label for a in base.assignments}
+    class_of = {a.crop: a.cls for a in base.assignments}
     weights = resolve_weights(train_config)
     out = layout.task_models(task.name) / CV_DIR
     make_folder(out, "--models-dir")
@@ -235,7 +254,7 @@ def cv(layout: Layout, config: CVConfig, progress: bool = False) -> CVResult:
         try:
             for k in range(resumed, config.folds):
                 plan = fold_plan(base, pool_records, task, train_config, fold_of, k)
-                done.append(_run_fold(layout, train_config, plan, k, weights))
+                done.append(_run_fold(layout, train_config, plan, base, k, weights))
                 atomic_write_text(out / CV_LEDGER, _ledger_text(header, done))  # the commit point
                 bar.update(1)
                 gc.collect()
@@ -269,29 +288,40 @@ def load_cv(layout: Layout, config: CVConfig) -> CVResult | None:
     if len(done) != config.folds:
         return None
     return CVResult(task.name, tuple(ledger["classes"]), {c: int(f) for c, f in ledger["folds"].items()},
-                    {a.crop: a.label for a in pool}, {a.crop: a.cls for a in pool}, tuple(done), info, out)
+                    {a.crop: a.label for a in base.assignments}, {a.crop: a.cls for a in base.assignments},
+                    tuple(done), info, out)
 
 
-def _run_fold(layout: Layout, config: TrainConfig, plan: SplitPlan, k: int, weights: str | None) -> FoldResult:
-    """Train fold ``k`` through ``train_run`` and predict its held-out crops (the plan's test split)."""
+def _run_fold(layout: Layout, config: TrainConfig, plan: SplitPlan, base: SplitPlan, k: int,
+              weights: str | None) -> FoldResult:
+    """Train fold ``k`` through ``train_run``; predict its held-out crops (the plan's test split) and the
+    crops ``base`` set aside as test (no fold trains on them)."""
     start = time.perf_counter()
     finished = train_run(layout, config, plan, k, weights)
-    size = tuple(config.image_size)
-    paths = [str(layout.pool / a.crop) for a in plan.assignments]
-    crops_cache = cache.crop_cache(layout.cache, paths, config.cache_budget, size)
-    held_out = datasets.from_plan(plan, layout.pool, "test", image_size=size, batch_size=config.batch_size,
-                                  cache=crops_cache)
     model = finished.model
     if isinstance(model, bytes):
         raise TrainingError(f"fold {k}: train_run returned a saved model, not one to predict with")
-    raw = np.asarray(model.predict(held_out, verbose=0), dtype=np.float64).reshape(len(held_out.file_paths), -1)
+    crops, probabilities = _predict(layout, config, model, plan)
+    aside, aside_probabilities = _predict(layout, config, model, base)
+    seconds = round(time.perf_counter() - start, 3)
+    logger.info("fold %d (seed %d): %d held-out crops in %.1f s", k, config.seed + k, len(crops), seconds)
+    return FoldResult(k, config.seed + k, seconds, crops, probabilities, aside, aside_probabilities)
+
+
+def _predict(layout: Layout, config: TrainConfig, model: Any, plan: SplitPlan,
+             ) -> tuple[tuple[str, ...], tuple[tuple[float, ...], ...]]:
+    """The crops of ``plan``'s test split and one probability per class for each (rows summing to 1)."""
+    size = tuple(config.image_size)
+    paths = [str(layout.pool / a.crop) for a in plan.files("test")]
+    crops_cache = cache.crop_cache(layout.cache, paths, config.cache_budget, size)
+    data = datasets.from_plan(plan, layout.pool, "test", image_size=size, batch_size=config.batch_size,
+                              cache=crops_cache)
+    raw = np.asarray(model.predict(data, verbose=0), dtype=np.float64).reshape(len(data.file_paths), -1)
     probabilities = np.concatenate([1.0 - raw, raw], axis=1) if raw.shape[1] == 1 else raw
     probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
     pool = Path(layout.pool)
-    crops = tuple(Path(p).relative_to(pool).as_posix() for p in held_out.file_paths)
-    seconds = round(time.perf_counter() - start, 3)
-    logger.info("fold %d (seed %d): %d held-out crops in %.1f s", k, config.seed + k, len(crops), seconds)
-    return FoldResult(k, config.seed + k, seconds, crops, tuple(tuple(float(v) for v in row) for row in probabilities))
+    crops = tuple(Path(p).relative_to(pool).as_posix() for p in data.file_paths)
+    return crops, tuple(tuple(float(v) for v in row) for row in probabilities)
 
 
 # -- the ledger -------------------------------------------------------------------------------
@@ -335,14 +365,17 @@ def _start(out: Path, header: Mapping[str, Any], resume: bool, overwrite: bool) 
 
 def _ledger_text(header: Mapping[str, Any], done: Sequence[FoldResult]) -> str:
     folds = [{"fold": f.fold, "seed": f.seed, "seconds": f.seconds, "crops": list(f.crops),
-              "probabilities": [list(p) for p in f.probabilities]} for f in done]
+              "probabilities": [list(p) for p in f.probabilities], "aside": list(f.aside),
+              "aside_probabilities": [list(p) for p in f.aside_probabilities]} for f in done]
     return json.dumps({**header, "done": folds}) + "\n"
 
 
 def _folds_of(ledger: Mapping[str, Any]) -> list[FoldResult]:
     try:
         done = [FoldResult(int(f["fold"]), int(f["seed"]), float(f["seconds"]), tuple(f["crops"]),
-                           tuple(tuple(float(v) for v in p) for p in f["probabilities"])) for f in ledger["done"]]
+                           tuple(tuple(float(v) for v in p) for p in f["probabilities"]), tuple(f["aside"]),
+                           tuple(tuple(float(v) for v in p) for p in f["aside_probabilities"]))
+                for f in ledger["done"]]
     except (KeyError, TypeError, ValueError):
         raise TrainingError("the cross-validation ledger is damaged; pass --overwrite to start again") from None
     if [f.fold for f in done] != list(range(len(done))):
@@ -384,12 +417,12 @@ def format_folds_csv(result: CVResult) -> str:
 
 
 def format_oof_csv(result: CVResult) -> str:
-    crops, labels, probabilities = result.oof()
+    crops, labels, probabilities = result.every_crop()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(("crop", "label", "class", "fold", "predicted", *(f"p_{c}" for c in result.classes)))
     for crop, row in zip(crops, probabilities, strict=True):
-        writer.writerow((crop, result.label_of[crop], result.class_of[crop], result.fold_of[crop],
+        writer.writerow((crop, result.label_of[crop], result.class_of[crop], result.fold_of.get(crop, "test"),
                          result.classes[int(row.argmax())], *(repr(float(v)) for v in row)))
     return buffer.getvalue()
 
