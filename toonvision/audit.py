@@ -13,8 +13,8 @@ test crops cv set aside the mean of the fold models, none of which trained on th
 are those crops and every crop those probabilities give to another class, ranked by cleanlab's
 self-confidence label quality (``cleanlab.rank.get_label_quality_scores``), ``score`` being
 1 - quality (0..1, higher = more likely mislabelled). Measured on BCCD with 5% of the labels
-flipped (README): cleanlab's flagged set alone held 86% of the flips, the wider ranked list
-99% in its first 2 x (number flipped) rows. ``label`` is the manifest's label (what to
+flipped (README): cleanlab's flagged set alone held 81-86% of the flips, the wider ranked list
+98-99% in its first 2 x (number flipped) rows. ``label`` is the manifest's label (what to
 change in labelImg), ``suggested`` the class the models predicted, ``source`` and the box the object.
 
 Crash safety: every file is written atomically (temp file + rename); a kill leaves each file

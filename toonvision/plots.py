@@ -399,5 +399,6 @@ def plot_label_issues(
     title: str = "",
 ) -> Path:
     """The top label-issue suspects (H x W x 3 uint8 crops), each captioned with its given and suggested label."""
-    titles = [f"given: {g}\nsuggested: {s}\nscore {score:.3f}" for g, s, score in zip(given, suggested, scores, strict=True)]
+    titles = [f"given: {g}\nsuggested: {s}\nscore {score:.3f}"
+              for g, s, score in zip(given, suggested, scores, strict=True)]
     return plot_prediction_grid(images, titles, path, title)
