@@ -399,6 +399,9 @@ def plot_label_issues(
     title: str = "",
 ) -> Path:
     """The top label-issue suspects (H x W x 3 uint8 crops), each captioned with its given and suggested label."""
+    if not len(images) == len(given) == len(suggested) == len(scores):
+        raise ValueError(f"{len(images)} crops need as many labels, suggestions and scores, got "
+                         f"{len(given)}, {len(suggested)} and {len(scores)}")
     titles = [f"given: {g}\nsuggested: {s}\nscore {score:.3f}"
               for g, s, score in zip(given, suggested, scores, strict=True)]
     return plot_prediction_grid(images, titles, path, title)
