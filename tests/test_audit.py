@@ -101,3 +101,21 @@ def test_a_second_audit_reuses_the_cross_validation_and_out_writes_elsewhere(aud
     assert "label-issue suspect" in result.output
     assert (Path(tmp_path) / "elsewhere" / "label_issues.csv").read_text() == (
         layout.report_dir("binary") / "audit" / "label_issues.csv").read_text()
+
+
+def test_the_ranking_puts_contradicted_labels_first_with_scores_in_0_1():
+    import numpy as np
+
+    from toonvision.audit import rank_label_issues
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 30)
+    probabilities = np.full((90, 3), 0.05)
+    probabilities[np.arange(90), labels] = 0.9
+    probabilities += rng.uniform(0, 0.05, probabilities.shape)
+    flipped = [3, 40, 77]
+    labels[flipped] = (labels[flipped] + 1) % 3  # the given label is one the models do not believe
+    ranked, scores = rank_label_issues(labels, probabilities)
+    assert sorted(ranked[:3].tolist()) == flipped and len(ranked) == 3
+    assert scores.shape == (90,) and ((scores >= 0) & (scores <= 1)).all()
+    assert scores[flipped].min() > 0.8 > scores[np.setdiff1d(np.arange(90), flipped)].max()

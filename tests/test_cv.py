@@ -136,3 +136,26 @@ def test_a_killed_cv_resumes_by_fold_without_redoing_the_finished_one(pool, tmp_
     for crop, p in fold0.items():
         assert [float(oof[crop]["p_cog"]), float(oof[crop]["p_toon"])] == pytest.approx(p, abs=1e-12)
     assert [f["fold"] for f in json.loads((out / "cv.json").read_text())["per_fold"]] == [0, 1, 2]
+
+
+def _header(pool: str = "p1", epochs: int = 1) -> dict:
+    return {"version": 1, "config": {"task": "binary", "epochs": epochs, "folds": 3}, "pool": pool,
+            "classes": ["cog", "toon"], "test_set_aside": 2, "folds": {"cog/a.png": 0}}
+
+
+def test_the_fold_ledger_refuses_another_pool_or_options_and_never_replaces_silently(tmp_path):
+    from toonvision.cv import FoldResult, _ledger_text, _start
+    from toonvision.errors import UsageError
+
+    done = [FoldResult(0, 3, 1.5, ("cog/a.png",), ((0.25, 0.75),), ("toon/t.png",), ((0.5, 0.5),))]
+    (tmp_path / CV_LEDGER).write_text(_ledger_text(_header(), done))
+    assert _start(tmp_path, _header(), resume=True, overwrite=False) == done  # round trip of a committed fold
+    with pytest.raises(UsageError, match="changed since this cross-validation started"):
+        _start(tmp_path, _header(pool="p2"), resume=True, overwrite=False)
+    with pytest.raises(UsageError, match="epochs=1 \\(now 2\\)"):
+        _start(tmp_path, _header(epochs=2), resume=True, overwrite=False)
+    with pytest.raises(UsageError, match="--resume to continue it or --overwrite"):
+        _start(tmp_path, _header(), resume=False, overwrite=False)
+    assert json.loads((tmp_path / CV_LEDGER).read_text())["done"][0]["fold"] == 0  # refusals changed nothing
+    assert _start(tmp_path, _header(pool="p2"), resume=False, overwrite=True) == []
+    assert json.loads((tmp_path / CV_LEDGER).read_text())["done"] == []
