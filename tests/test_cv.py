@@ -159,3 +159,15 @@ def test_the_fold_ledger_refuses_another_pool_or_options_and_never_replaces_sile
     assert json.loads((tmp_path / CV_LEDGER).read_text())["done"][0]["fold"] == 0  # refusals changed nothing
     assert _start(tmp_path, _header(pool="p2"), resume=False, overwrite=True) == []
     assert json.loads((tmp_path / CV_LEDGER).read_text())["done"] == []
+
+
+def test_a_class_in_fewer_screenshot_groups_than_folds_is_a_split_error_naming_it():
+    from toonvision.errors import SplitError
+    from toonvision.split import Assignment
+
+    records = [r for r in _records(30) if r.label != "cog_lb_b" or r.source in ("s2.png", "s5.png")]
+    cls = {"cog_bb_a": "cog_bb_a", "toon_cat": "toon_cat", "cog_lb_b": "cog_lb_b"}
+    assignments = [Assignment(r.crop, r.label, cls[r.label], "train", r.source) for r in records]
+    assert sorted(assign_folds(assignments, records, 2, seed=1)) == sorted(a.crop for a in assignments)  # 2 fit
+    with pytest.raises(SplitError, match="cog_lb_b in fold"):
+        assign_folds(assignments, records, 3, seed=1)

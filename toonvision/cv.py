@@ -33,6 +33,7 @@ import io
 import json
 import logging
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,11 +182,13 @@ def assign_folds(assignments: Sequence[Assignment], records: Sequence[CropRecord
                          f"found {len(group_ids)}; lower --folds or label more screenshots")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     fold_of: dict[str, int] = {}
-    for k, (_train, held_out) in enumerate(splitter.split(np.zeros(len(ordered)), y, groups)):
-        for i in held_out:
-            fold_of[ordered[i].crop] = k
-    missing = [(cls, k) for k in range(folds) for cls in classes
-               if not any(fold_of[a.crop] == k and a.cls == cls for a in ordered)]
+    with warnings.catch_warnings():  # a class too small for K folds is reported below, naming it
+        warnings.simplefilter("ignore", UserWarning)
+        for k, (_train, held_out) in enumerate(splitter.split(np.zeros(len(ordered)), y, groups)):
+            for i in held_out:
+                fold_of[ordered[i].crop] = k
+    present = {(fold_of[a.crop], a.cls) for a in ordered}
+    missing = [(cls, k) for k in range(folds) for cls in classes if (k, cls) not in present]
     if missing:
         shown = ", ".join(f"{cls} in fold {k}" for cls, k in missing[:5])
         raise SplitError(f"every class needs crops in every fold, but none of {shown}; lower --folds, "
