@@ -49,3 +49,15 @@ def test_tuning_plot_draws_trials_and_the_best_so_far_even_with_failed_trials(tm
     assert_png(plots.plot_tuning([], tmp_path / "empty.png", name="val_macro_f1", direction="max"))
     with pytest.raises(ValueError, match="direction"):
         plots.plot_tuning([0.1], tmp_path / "x.png", name="val_loss", direction="down")
+
+
+def test_cv_fold_box_plots_and_the_label_issue_gallery_are_drawn(tmp_path: Path) -> None:
+    import numpy as np
+
+    assert_png(plots.plot_cv_folds([0.9, 0.95, float("nan")], [0.8, 0.85, 0.9], tmp_path / "cv.png", "label: 3 folds"))
+    crops = [np.full((20, 10 + 5 * i, 3), 40 * i, dtype=np.uint8) for i in range(3)]
+    gallery = assert_png(plots.plot_label_issues(crops, ["rbc", "wbc", "rbc"], ["wbc", "rbc", "platelets"],
+                                                 [0.99, 0.8, 0.5], tmp_path / "issues.png"))
+    assert gallery.width > 300
+    with pytest.raises(ValueError):  # a caption for every crop, not a silently shorter gallery
+        plots.plot_label_issues(crops, ["rbc"], ["wbc"], [0.9], tmp_path / "short.png")

@@ -23,8 +23,10 @@ from toonvision.constants import (
     DEFAULT_COMPARE_MODELS,
     DEFAULT_COMPARE_RUNS,
     DEFAULT_COMPARE_SEED,
+    DEFAULT_CV_SEED,
     DEFAULT_EPOCHS,
     DEFAULT_EVALUATION_SPLIT,
+    DEFAULT_FOLDS,
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MAX_BLOCKS,
     DEFAULT_MODEL,
@@ -595,6 +597,77 @@ def tune(ctx: _Context, task_name: str, algorithm: str, max_trials: int, max_epo
         resume=resume, overwrite=overwrite, verbose=ctx.verbose,
     )
     result = stage.tune(ctx.layout, options, progress=ctx.progress)
+    if not ctx.quiet:
+        click.echo(result.summary())
+
+
+def _cv_options(command):
+    """The options cv and audit share with train: what every fold trains with, and K."""
+    for option in reversed((
+        task_option,
+        click.option("--folds", type=click.IntRange(min=2), default=DEFAULT_FOLDS, show_default=True,
+                     help="K: grouped, stratified folds over train+validate (the test split set aside as train does)."),
+        click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True),
+        click.option("--model", type=click.Choice(MODEL_NAMES), default=DEFAULT_MODEL, show_default=True),
+        click.option("--seed", type=click.IntRange(min=0), default=DEFAULT_CV_SEED, show_default=True,
+                     help="Seed of the test split and the folds (fold k trains with seed + k)."),
+        ratio_option, image_size_option, batch_size_option, weights_option,
+        click.option("--fine-tune", is_flag=True, help="mobilenetv2: a second phase with the base's top unfrozen."),
+        click.option("--fine-tune-epochs", type=click.IntRange(min=1), default=DEFAULT_FINE_TUNE_EPOCHS,
+                     show_default=True),
+        click.option("--mixed-precision", is_flag=True, help="Compute in float16 (recent GPUs)."),
+        no_group_option, min_per_class_option, config_option,
+    )):
+        command = option(command)
+    return command
+
+
+def _cv_config(ctx: _Context, task_name: str, folds: int, epochs: int, model: str, seed: int,
+               ratio: tuple[float, ...], image_size: HW, batch_size: int, weights: str, fine_tune: bool,
+               fine_tune_epochs: int, mixed_precision: bool, no_group: bool, min_per_class: int | None,
+               config: Path | None, resume: bool = False, overwrite: bool = False):
+    from toonvision.cv import CVConfig
+    from toonvision.tasks import find_config
+    from toonvision.train import TrainConfig
+
+    options = TrainConfig(
+        task=task_name, model=model, epochs=epochs, seed=seed, ratios=ratio, image_size=image_size,
+        batch_size=batch_size, group=not no_group, min_per_class=min_per_class,
+        weights=None if weights.lower() == "none" else weights, task_config=find_config(config),
+        verbose=ctx.verbose, mixed_precision=mixed_precision, fine_tune=fine_tune, fine_tune_epochs=fine_tune_epochs,
+    )
+    return CVConfig(options, folds, resume=resume, overwrite=overwrite)
+
+
+@main.command("cv", cls=MultiValueCommand)
+@_cv_options
+@click.option("--resume", is_flag=True, help="Continue an interrupted cross-validation in models/<task>/cv/.")
+@click.option("--overwrite", is_flag=True, help="Replace the cross-validation in models/<task>/cv/.")
+@pass_context
+@_reports_errors
+def cv_command(ctx: _Context, resume: bool, overwrite: bool, **options: Any) -> None:
+    """Grouped, stratified K-fold cross-validation: fold metrics and out-of-fold probabilities in models/<task>/cv/."""
+    _quiet_tensorflow(ctx)
+    from toonvision import cv as stage
+
+    result = stage.cv(ctx.layout, _cv_config(ctx, resume=resume, overwrite=overwrite, **options),
+                      progress=ctx.progress)
+    if not ctx.quiet:
+        click.echo(result.summary())
+
+
+@main.command(cls=MultiValueCommand)
+@_cv_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help=f"Folder for the audit. [default: <img-dir>/{REPORTS_DIR}/<task>/audit/]")
+@pass_context
+@_reports_errors
+def audit(ctx: _Context, out: Path | None, **options: Any) -> None:
+    """Label-issue suspects (cleanlab on cv's out-of-fold probabilities), duplicates and leaks of the split."""
+    _quiet_tensorflow(ctx)
+    from toonvision import audit as stage
+
+    result = stage.audit(ctx.layout, _cv_config(ctx, **options), out=out, progress=ctx.progress)
     if not ctx.quiet:
         click.echo(result.summary())
 

@@ -119,3 +119,5 @@ DEFAULT_CACHE_BUDGET = 2 * 1024**3  # bytes of decoded uint8 pixels kept in RAM;
 CACHE_BUDGET_ENV = "TOONVISION_CACHE_BUDGET"  # e.g. 512M, 4G, or 0 for always on disk
 
 FOLDER_LOCK = ".lock"  # held in models/<task>/ and output folders while a command writes there
+DEFAULT_FOLDS = 5  # cv and audit: K of the grouped, stratified K-fold
+DEFAULT_CV_SEED = 0  # fixed, so that `audit` finds the cross-validation it ran before

@@ -404,3 +404,41 @@ def plot_compare_boxplots(
         figure.suptitle(title)
     figure.tight_layout()
     return _save(figure, path)
+
+
+# -- cross-validation and audit (toonvision.cv, toonvision.audit) ---------------------------------
+
+
+def plot_cv_folds(accuracy: Sequence[float], macro_f1: Sequence[float], path: Path, title: str = "") -> Path:
+    """Box plots of the held-out accuracy and macro-F1 over folds, every fold drawn as a dot."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 4.5), dpi=_DPI)
+    for index, (values, name) in enumerate(((accuracy, "accuracy"), (macro_f1, "macro-F1")), start=1):
+        axes = figure.add_subplot(1, 2, index)
+        data = [v for v in _as_floats(values) if math.isfinite(v)]
+        if data:
+            axes.boxplot([data], widths=0.5, showmeans=True)
+            jitter = np.random.default_rng(0).uniform(-0.08, 0.08, len(data))
+            axes.scatter(1 + jitter, data, s=14, alpha=0.6, color="tab:blue", zorder=3)
+        axes.set_xticks([1], [f"{len(data)} fold{'s' if len(data) != 1 else ''}"])
+        axes.set_title(f"held-out {name}")
+        axes.grid(alpha=0.3, axis="y")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_label_issues(
+    images: Sequence[Any], given: Sequence[str], suggested: Sequence[str], scores: Sequence[float], path: Path,
+    title: str = "",
+) -> Path:
+    """The top label-issue suspects (H x W x 3 uint8 crops), each captioned with its given and suggested label."""
+    if not len(images) == len(given) == len(suggested) == len(scores):
+        raise ValueError(f"{len(images)} crops need as many labels, suggestions and scores, got "
+                         f"{len(given)}, {len(suggested)} and {len(scores)}")
+    titles = [f"given: {g}\nsuggested: {s}\nscore {score:.3f}"
+              for g, s, score in zip(given, suggested, scores, strict=True)]
+    return plot_prediction_grid(images, titles, path, title)
