@@ -198,15 +198,20 @@ def _load_error(path: Path, kind: str, exc: Exception) -> ModelFileError:
 
 def read_model_info(path: Path) -> dict[str, Any] | None:
     """The JSON beside a model file (``best.keras`` -> ``best.json``), or None if there is none."""
-    candidate = resolve_model_file(path).with_suffix(".json")
+    beside = resolve_model_file(path).with_suffix(".json")
+    return read_description(beside, "a best.json object", "train the model again")
+
+
+def read_description(candidate: Path, what: str, fix: str) -> dict[str, Any] | None:
+    """The JSON object that describes a model or an export; None if the file is not there."""
     if not candidate.is_file():
         return None
     try:
         data = json.loads(candidate.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelFileError(f"{candidate}: cannot be read ({exc}); train the model again") from None
+        raise ModelFileError(f"{candidate}: cannot be read ({exc}); {fix}") from None
     if not isinstance(data, dict):
-        raise ModelFileError(f"{candidate}: not a best.json object; train the model again")
+        raise ModelFileError(f"{candidate}: not {what}; {fix}")
     return data
 
 

@@ -34,12 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import toonvision
+from toonvision.audit import AUDIT_DIR, AUDIT_JSON, LABEL_ISSUE_COLUMNS, LABEL_ISSUES_CSV, LABEL_ISSUES_PLOT
+from toonvision.dedup import DUPLICATE_COLUMNS, DUPLICATES_CSV
 from toonvision.errors import ModelFileError, UsageError
 from toonvision.evaluate import CONFUSION_PLOT, EVALUATION_JSON, WORST_PLOT
 from toonvision.explain import GRADCAM_SUFFIX
 from toonvision.fsutil import atomic_write_text
 from toonvision.layout import (
     BEST_INFO,
+    ENSEMBLE_INFO,
     EXPLAIN_DIR,
     SPLITS,
     Layout,
@@ -52,16 +55,6 @@ from toonvision.train import BOXPLOT, CURVES_PLOT
 logger = logging.getLogger(__name__)
 
 REPORT_HTML = "report.html"
-# What stages not built yet will write (the ensemble, the audit); the names of the stages that
-# exist come from their modules, which all import without TensorFlow.
-ENSEMBLE_INFO = "ensemble.json"
-AUDIT_DIR = "audit"
-AUDIT_JSON = "audit.json"
-LABEL_ISSUES_CSV = "label_issues.csv"
-LABEL_ISSUES_PLOT = "label_issues.png"
-DUPLICATES_CSV = "duplicates.csv"
-LABEL_ISSUE_COLUMNS = ("crop", "label", "suggested", "score", "source", "xmin", "ymin", "xmax", "ymax")
-DUPLICATE_COLUMNS = ("cluster", "kind", "source", "crop")
 
 MAX_GRADCAMS = 4  # a few maps show what the model looks at; explain/ may hold hundreds
 MAX_TABLE_ROWS = 25  # rows of a long CSV shown on the page; the rest are counted

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
-import json
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,7 +32,7 @@ from toonvision.constants import DEFAULT_RESIZE, RESIZE_MODES
 from toonvision.decode import model_input
 from toonvision.errors import ExportError, ModelFileError, UsageError
 from toonvision.fsutil import file_sha256
-from toonvision.modelfile import ModelInfo, exported_format, open_model, parse_classes
+from toonvision.modelfile import ModelInfo, exported_format, open_model, parse_classes, read_description
 
 EXPORT_EXTRA = "pip install 'toonvision[export]'"
 
@@ -249,14 +248,9 @@ def open_runtime(path: Path, classes: Sequence[str] | str | None = None, unsafe:
 def read_export_info(path: Path, fmt: str) -> dict[str, Any] | None:
     """The JSON beside an export (None if there is none), checked to describe this very export."""
     candidate = export_info_path(path)
-    if not candidate.is_file():
+    data = read_description(candidate, "an export description", "export the model again")
+    if data is None:
         return None
-    try:
-        data = json.loads(candidate.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelFileError(f"{candidate}: cannot be read ({exc}); export the model again") from None
-    if not isinstance(data, dict):
-        raise ModelFileError(f"{candidate}: not an export description; export the model again")
     if data.get("format") not in (None, fmt):
         raise ModelFileError(f"{candidate}: describes a {data.get('format')} export, but {path} is {fmt}")
     recorded = data.get("model_sha256")
