@@ -222,6 +222,30 @@ def test_a_killed_search_resumes_without_redoing_finished_trials(tmp_path):
     assert sorted(p.name for p in project.glob("trial_*")) == ["trial_0", "trial_1", "trial_2"]
 
 
+def test_a_search_cut_between_keras_tuners_two_writes_runs_that_trial_again(tmp_path, monkeypatch):
+    """keras-tuner writes a new trial's trial.json, then oracle.json; a kill between the two loses no trial."""
+    from keras_tuner.src.engine import oracle as oracle_module
+
+    layout, _ = write_colour_pool(tmp_path / "img", POOL, size=(48, 48))
+    real_save_trial = oracle_module.Oracle._save_trial
+
+    def killed_after_trial_json(self, trial):
+        real_save_trial(self, trial)
+        if trial.trial_id == "1" and trial.status == "RUNNING":
+            raise KeyboardInterrupt  # trial_1/trial.json says RUNNING; oracle.json does not know the trial yet
+
+    monkeypatch.setattr(oracle_module.Oracle, "_save_trial", killed_after_trial_json)
+    with pytest.raises(KeyboardInterrupt):
+        tune(layout, TuneConfig(**TINY))
+    monkeypatch.undo()
+    out = layout.tune_dir("binary")
+    assert [r["trial"] for r in rows(out / TRIALS)] == ["0"]
+
+    tune(layout, TuneConfig(**TINY, resume=True))
+    after = rows(out / TRIALS)
+    assert [r["trial"] for r in after] == ["0", "1", "2"] and all(r["status"] == "COMPLETED" for r in after)
+
+
 # -- train --hparams -------------------------------------------------------------------------------
 
 

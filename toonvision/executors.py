@@ -46,6 +46,8 @@ EXECUTORS = ("local", "ray")
 CROP_SOURCES = ("store", "shared")  # how Ray workers get the crops: the object store, or img/ on shared storage
 DEFAULT_ADDRESS = "auto"
 MAX_RETRIES = 3  # Ray retries of a run whose worker died (a run that raises is not retried)
+CANCEL_ATTEMPTS = 6  # a cancelled run Ray restarted anyway is cancelled again, this many times in all
+CANCEL_WAIT_S = 10.0  # how long each cancel waits for the runs to stop
 _LOCAL_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray binds every service to 127.0.0.1 (its single-host mode)
 _POOLS = "toonvision-ray"  # under the worker node's temp folder: the crops of shipped pools, by digest
 
@@ -180,10 +182,26 @@ class RayExecutor:
                         yield Outcome(index, error=_describe(exc))
         finally:
             if pending:
-                logger.warning("cancelling %d outstanding run(s)", len(pending))
-                for ref in pending:
-                    with contextlib.suppress(Exception):
-                        ray.cancel(ref, force=True)
+                _cancel(ray, list(pending))
+
+
+def _cancel(ray: Any, refs: list[Any], attempts: int = CANCEL_ATTEMPTS, wait_s: float = CANCEL_WAIT_S) -> None:
+    """Force-cancels ``refs`` and waits until each has stopped, cancelling again any Ray retried meanwhile.
+
+    Ray can restart a task whose worker it has just killed for the cancel (ray-project/ray#54260),
+    so one cancel may leave a run holding its CPUs; the wait confirms they are free.
+    """
+    logger.warning("cancelling %d outstanding run(s)", len(refs))
+    remaining = refs
+    for _ in range(attempts):
+        for ref in remaining:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        _, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=wait_s, fetch_local=False)
+        if not remaining:
+            return
+    logger.warning("%d run(s) still running after %d cancels; stop them with `ray stop` on their node",
+                   len(remaining), attempts)
 
 
 class RunOrder(Generic[R]):

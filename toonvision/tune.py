@@ -45,6 +45,7 @@ algorithms, but not keras-tuner's oracles. This module runs trials one after ano
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import csv
 import datetime as dt
@@ -480,7 +481,24 @@ def _make_tuner(config: TuneConfig, out: Path, pretrained: bool, runner: Callabl
         keras.backend.clear_session()
         return build_from_hparams(spec, 2, tuple(config.image_size), weights=None)  # only discovers the space
 
-    return SearchTuner(oracle=oracle, hypermodel=build, directory=str(out), project_name=PROJECT, overwrite=False)
+    tuner = SearchTuner(oracle=oracle, hypermodel=build, directory=str(out), project_name=PROJECT, overwrite=False)
+    _requeue_interrupted(tuner.oracle)
+    return tuner
+
+
+def _requeue_interrupted(oracle: Any) -> None:
+    """Queue again every trial a kill left RUNNING that keras-tuner's reload did not queue itself.
+
+    keras-tuner writes a new trial's trial.json before oracle.json; a kill between the two leaves a
+    trial that counts against --max-trials but is neither finished nor retried (nor in start_order).
+    """
+    queued = set(oracle._retry_queue)  # keras-tuner's own retry list (not public API), filled by its reload
+    for trial_id, trial in sorted(oracle.trials.items()):
+        if trial.status == "RUNNING" and trial_id not in queued:
+            logger.info("trial %s was cut short by a kill; it runs again", trial_id)
+            oracle._retry_queue.append(trial_id)
+            if trial_id not in oracle.start_order:  # the kill also cut its place in the order trials.csv follows
+                bisect.insort(oracle.start_order, trial_id)
 
 
 def _search(tuner: Any, config: TuneConfig, failure: list[ToonVisionError]) -> None:
