@@ -155,6 +155,7 @@ def test_report_of_a_trained_and_evaluated_model_is_one_self_contained_page(trai
     evaluation = json.loads((folder / "evaluation" / "evaluation.json").read_text())
     assert f"{evaluation['macro_avg']['f1']:.4f}" in text and "weighted avg" in text
     assert f"run {best['run']}" in text and best["versions"]["keras"] in text and "baseline" in text
+    assert f"It was chosen on validation data ({best['selection']})" in text  # what chose it, not a fixed phrase
 
     runs = list(csv.DictReader((folder / "runs.csv").open()))
     assert len(runs) == 2 and page.count('<tr class="chosen">') == 1

@@ -62,6 +62,7 @@ MAX_FIGURE_BYTES = 32 * 1024 * 1024  # a PNG beyond this is not a figure of ours
 MAX_JSON_BYTES = 64 * 1024 * 1024
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MISSING = "\u2013"  # en dash: a value the files do not have
+_ORIGINAL_SELECTION = "the lowest validation loss at the last epoch"  # a best.json from before --select
 
 
 # -- the data (frozen) -----------------------------------------------------------------------
@@ -168,6 +169,7 @@ class ReportData:
     image_size: str
     metrics: tuple[tuple[str, float | None, float | None], ...]  # (split, loss, accuracy)
     options: tuple[tuple[str, str], ...]
+    selection: str  # how the run was chosen, as best.json says it
     versions: tuple[tuple[str, str], ...]
     created: str
     split: SplitSummary | None
@@ -229,6 +231,7 @@ def load_report(layout: Layout, folder: Path) -> ReportData:
         image_size=_image_size(info.get("image_size")),
         metrics=_metrics(info.get("metrics")),
         options=_options(info),
+        selection=_text(info.get("selection", _ORIGINAL_SELECTION)),
         versions=tuple((str(k), _text(v)) for k, v in _as_mapping(info.get("versions")).items()),
         created=_text(info.get("created", _MISSING)),
         split=_split(layout, task, info, dict(display_names), notes),
@@ -650,8 +653,8 @@ def _overview(data: ReportData) -> str:
         cards.append(_metric_card("runs", str(data.runs.total), f"chosen: run {data.chosen_run or _MISSING}"))
     table = _metrics_table("split", data.metrics)
     return (f'<div class="cards">{"".join(cards)}</div>'
-            f"<p>The chosen run's metrics at training ({_e(BEST_INFO)}); the run was chosen on validation "
-            f"loss, so its test numbers are an honest estimate.</p>{table}")
+            f"<p>The chosen run's metrics at training ({_e(BEST_INFO)}). It was chosen on validation data "
+            f"({_e(data.selection)}), so its test numbers are an honest estimate.</p>{table}")
 
 
 def _metrics_table(first: str, rows: Sequence[tuple[str, float | None, float | None]]) -> str:

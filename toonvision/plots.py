@@ -269,6 +269,7 @@ def plot_confusion_matrix(
     side = max(4.5, 0.42 * n + 2.5)
     figure = Figure(figsize=(2 * side + 1.5, side + 0.8), dpi=_DPI)
     font = 9 if n <= 10 else 7 if n <= 20 else 5
+    rotation = 90 if n > 6 else 30 if max(map(len, names), default=0) > 6 else 0  # long names would overlap
     panels = ((counts, "counts", "d"), (normalised, "share of each actual class", ".2f"))
     for index, (matrix, name, fmt) in enumerate(panels, start=1):
         axes = figure.add_subplot(1, 2, index)
@@ -283,7 +284,8 @@ def plot_confusion_matrix(
                 text = format(int(value), fmt) if fmt == "d" else format(float(value), fmt)
                 axes.text(j, i, text, ha="center", va="center", fontsize=font,
                           color="white" if value > top / 2 else "black")
-        axes.set_xticks(range(n), names, rotation=90 if n > 6 else 0, fontsize=font + 1)
+        axes.set_xticks(range(n), names, rotation=rotation, ha="right" if rotation == 30 else "center",
+                        rotation_mode="anchor" if rotation == 30 else "default", fontsize=font + 1)
         axes.set_yticks(range(n), names, fontsize=font + 1)
         axes.set_xlabel("predicted")
         axes.set_ylabel("actual")
