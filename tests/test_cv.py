@@ -17,7 +17,7 @@ from toonvision.dedup import screenshot_groups
 from toonvision.layout import Layout
 from toonvision.manifest import CropRecord, load_pool
 from toonvision.tasks import get_task
-from toonvision.train import TrainConfig
+from toonvision.train import TrainConfig, resolve_image_size
 
 from helpers import SIZE, cli, extract_pool, grouped_shots, keras_spy, run_killed
 
@@ -114,6 +114,24 @@ def test_out_of_fold_probabilities_come_from_models_that_never_trained_on_the_cr
     assert info["mean"]["macro_f1"] == pytest.approx(np.mean([f["macro_f1"] for f in info["per_fold"]]))
     assert set(info["per_class_f1"]) == {"cog", "toon"}
     assert (out / "cv_metrics.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_cv_takes_trains_image_size_auto_class_weight_and_selection(pool, tmp_path):
+    """cv trains its folds as train would: --image-size auto from the crops, the weighting and metric asked."""
+    layout = Layout.from_dirs(pool.img_dir, tmp_path / "models")
+    options = ["cv", "--task", "binary", "--folds", "2", "--epochs", "1", "--image-size", "auto", "--batch-size", "8",
+               "--seed", "3", "--class-weight", "none", "--select", "val_loss", "--patience", "2", "--resize", "pad"]
+    with keras_spy() as runs:
+        cli(*_base(layout), *options)
+        cli(*_base(layout), "audit", *options[1:], "--out", tmp_path / "audit")  # finds this cv: no fold retrained
+    records, _ = load_pool(layout)
+    auto = resolve_image_size(TrainConfig(task="binary", image_size="auto"), records, get_task("binary")).image_size
+    info = json.loads((layout.task_models("binary") / "cv" / "cv.json").read_text())
+    assert tuple(info["options"]["image_size"]) == tuple(auto)
+    assert (info["options"]["class_weight"], info["options"]["select"], info["options"]["resize"]) == (
+        "none", "val_loss", "pad")
+    assert len(runs) == 2 and all(run.fit_kwargs["class_weight"] is None for run in runs)
+    assert all(tuple(run.train.element_spec[0].shape[1:3]) == tuple(auto) for run in runs)
 
 
 def test_a_killed_cv_resumes_by_fold_without_redoing_the_finished_one(pool, tmp_path):

@@ -608,10 +608,15 @@ def _cv_options(command):
         click.option("--folds", type=click.IntRange(min=2), default=DEFAULT_FOLDS, show_default=True,
                      help="K: grouped, stratified folds over train+validate (the test split set aside as train does)."),
         click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True),
-        click.option("--model", type=click.Choice(MODEL_NAMES), default=DEFAULT_MODEL, show_default=True),
+        click.option("--model", type=click.Choice(MODEL_NAMES),
+                     help=f"[default: {GENERIC_MODEL} for {', '.join(AUTO_SIZE_TASKS)}, {DEFAULT_MODEL} for the "
+                          "ToonVision tasks]"),
         click.option("--seed", type=click.IntRange(min=0), default=DEFAULT_CV_SEED, show_default=True,
                      help="Seed of the test split and the folds (fold k trains with seed + k)."),
-        ratio_option, image_size_option, batch_size_option, weights_option,
+        ratio_option, image_size_option, resize_option, batch_size_option, weights_option,
+        class_weight_option, select_option, patience_option,
+        click.option("--hparams", type=click.Path(dir_okay=False, exists=True, path_type=Path), metavar="FILE",
+                     help="Train the model tune found (models/<task>/tune/best_hparams.json) instead of --model."),
         click.option("--fine-tune", is_flag=True, help="mobilenetv2: a second phase with the base's top unfrozen."),
         click.option("--fine-tune-epochs", type=click.IntRange(min=1), default=DEFAULT_FINE_TUNE_EPOCHS,
                      show_default=True),
@@ -622,8 +627,9 @@ def _cv_options(command):
     return command
 
 
-def _cv_config(ctx: _Context, task_name: str, folds: int, epochs: int, model: str, seed: int,
-               ratio: tuple[float, ...], image_size: HW, batch_size: int, weights: str, fine_tune: bool,
+def _cv_config(ctx: _Context, task_name: str, folds: int, epochs: int, model: str | None, seed: int,
+               ratio: tuple[float, ...], image_size: HW | str, resize: str, batch_size: int, weights: str,
+               class_weight: str, select: str, patience: int | None, hparams: Path | None, fine_tune: bool,
                fine_tune_epochs: int, mixed_precision: bool, no_group: bool, min_per_class: int | None,
                config: Path | None, resume: bool = False, overwrite: bool = False):
     from toonvision.cv import CVConfig
@@ -631,10 +637,11 @@ def _cv_config(ctx: _Context, task_name: str, folds: int, epochs: int, model: st
     from toonvision.train import TrainConfig
 
     options = TrainConfig(
-        task=task_name, model=model, epochs=epochs, seed=seed, ratios=ratio, image_size=image_size,
+        task=task_name, model=model, epochs=epochs, seed=seed, ratios=ratio, image_size=image_size, resize=resize,
         batch_size=batch_size, group=not no_group, min_per_class=min_per_class,
         weights=None if weights.lower() == "none" else weights, task_config=find_config(config),
         verbose=ctx.verbose, mixed_precision=mixed_precision, fine_tune=fine_tune, fine_tune_epochs=fine_tune_epochs,
+        class_weight=class_weight, select=select, patience=patience, hparams=hparams,
     )
     return CVConfig(options, folds, resume=resume, overwrite=overwrite)
 

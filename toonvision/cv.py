@@ -54,7 +54,7 @@ from toonvision.metrics import classification_metrics
 from toonvision.progress import progress_bar
 from toonvision.split import Assignment, SplitPlan, plan_split
 from toonvision.tasks import Task, get_task
-from toonvision.train import TrainConfig, resolve_weights, train_run
+from toonvision.train import TrainConfig, resolve_image_size, resolve_weights, train_run
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +236,8 @@ def cv(layout: Layout, config: CVConfig, progress: bool = False) -> CVResult:
     task = get_task(train_config.task, train_config.task_config)
     with locked(layout.lock_file, str(layout.img_dir)):
         records, _missing = load_pool(layout)
+    train_config = resolve_image_size(train_config, records, task)  # auto: from the crops, as train chooses it
+    config = dataclasses.replace(config, train=train_config)
     base = _set_test_aside(records, task, train_config)
     pool = [a for a in base.assignments if a.split != "test"]
     pooled = {a.crop for a in pool}
@@ -278,6 +280,8 @@ def load_cv(layout: Layout, config: CVConfig) -> CVResult | None:
     if not (out / CV_LEDGER).is_file() or not (out / CV_JSON).is_file():
         return None
     records, _missing = load_pool(layout)
+    train_config = resolve_image_size(train_config, records, task)
+    config = dataclasses.replace(config, train=train_config)
     base = _set_test_aside(records, task, train_config)
     pool = [a for a in base.assignments if a.split != "test"]
     try:
