@@ -11,10 +11,11 @@ Synthesises screenshots (``synth --count N --seed 11``) and extracts them, then 
    ``--runs`` runs each, ``--epochs`` epochs, with ``train.train_run`` (fresh model and optimizer per
    run), and scores each run on the test split with macro-F1 (``toonvision.metrics``).
 
-The re-splits are the fixed-test-split kind that ``split.plan_test_split`` brings to ``train``:
-the test split is the one the search set aside (seed S), and run k re-splits only the rest into
-train/validate (seed S + k), the same for the three models. (``train --runs`` today re-splits the
-whole pool per run, so its runs 1..N-1 would test on crops the search trained on.)
+The re-splits are the ones ``train --seed S`` makes (``split.plan_test_split``): the test split
+is the one the search set aside (seed S), and run k re-splits only the rest into train/validate
+(seed S + k), the same for the three models, so no run tests on a crop the search saw. Every run
+trains with ``train``'s defaults (class weights unless the tuned file says otherwise, the best
+epoch by validation macro-F1 kept, patience 5).
 
 Prints one line per figure and writes results.json in the work folder.
 """

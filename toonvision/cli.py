@@ -482,6 +482,15 @@ resplit_test_option = click.option(
     "--resplit-test", is_flag=True,
     help="Re-split the test split per run too (default: one test split per training, the same crops for every run).",
 )
+model_option = click.option(
+    "--model", type=click.Choice(MODEL_NAMES),
+    help=f"optimized adds augmentation, dropout and learning-rate decay to baseline. [default: "
+         f"{GENERIC_MODEL} for {', '.join(AUTO_SIZE_TASKS)}, {DEFAULT_MODEL} for the ToonVision tasks]",
+)
+hparams_option = click.option(
+    "--hparams", type=click.Path(dir_okay=False, exists=True, path_type=Path), metavar="FILE",
+    help="Train the model tune found (models/<task>/tune/best_hparams.json) instead of --model.",
+)
 weights_option = click.option(
     "--weights", default=DEFAULT_WEIGHTS, show_default=True, metavar="imagenet|none|PATH",
     help="mobilenetv2 only: ImageNet weights from Keras' cache (downloaded into it when missing), "
@@ -494,9 +503,7 @@ weights_option = click.option(
 @click.option("--runs", type=click.IntRange(min=1), default=DEFAULT_RUNS, show_default=True,
               help="Independent runs, each on its own re-split of the pool (seed + run).")
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True)
-@click.option("--model", type=click.Choice(MODEL_NAMES),
-              help=f"optimized adds augmentation, dropout and learning-rate decay to baseline. [default: "
-                   f"{GENERIC_MODEL} for {', '.join(AUTO_SIZE_TASKS)}, {DEFAULT_MODEL} for the ToonVision tasks]")
+@model_option
 @click.option("--seed", type=click.IntRange(min=0),
               help="Seed of run 0 (run k uses seed + k). [default: chosen and printed; --resume keeps it]")
 @ratio_option
@@ -521,8 +528,7 @@ weights_option = click.option(
               help="Also save models/<task>/ensemble.keras: one model averaging the K best runs' probabilities.")
 @click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Write Keras' TensorBoard logs of run k to DIR/run_<k> (tensorboard --logdir DIR).")
-@click.option("--hparams", type=click.Path(dir_okay=False, exists=True, path_type=Path), metavar="FILE",
-              help="Train the model tune found (models/<task>/tune/best_hparams.json) instead of --model.")
+@hparams_option
 @no_group_option
 @min_per_class_option
 @config_option
@@ -608,15 +614,12 @@ def _cv_options(command):
         click.option("--folds", type=click.IntRange(min=2), default=DEFAULT_FOLDS, show_default=True,
                      help="K: grouped, stratified folds over train+validate (the test split set aside as train does)."),
         click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True),
-        click.option("--model", type=click.Choice(MODEL_NAMES),
-                     help=f"[default: {GENERIC_MODEL} for {', '.join(AUTO_SIZE_TASKS)}, {DEFAULT_MODEL} for the "
-                          "ToonVision tasks]"),
+        model_option,
         click.option("--seed", type=click.IntRange(min=0), default=DEFAULT_CV_SEED, show_default=True,
                      help="Seed of the test split and the folds (fold k trains with seed + k)."),
         ratio_option, image_size_option, resize_option, batch_size_option, weights_option,
         class_weight_option, select_option, patience_option,
-        click.option("--hparams", type=click.Path(dir_okay=False, exists=True, path_type=Path), metavar="FILE",
-                     help="Train the model tune found (models/<task>/tune/best_hparams.json) instead of --model."),
+        hparams_option,
         click.option("--fine-tune", is_flag=True, help="mobilenetv2: a second phase with the base's top unfrozen."),
         click.option("--fine-tune-epochs", type=click.IntRange(min=1), default=DEFAULT_FINE_TUNE_EPOCHS,
                      show_default=True),
