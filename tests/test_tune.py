@@ -189,6 +189,23 @@ def test_an_empty_or_too_small_pool_is_named(tmp_path):
 # -- resume after a real kill ----------------------------------------------------------------------
 
 
+def test_the_pretrained_family_comes_from_keras_cache_only_a_search_never_downloads(tmp_path, monkeypatch):
+    import toonvision.models as models_module
+    from toonvision.tune import _pretrained_weights
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tune tried to download weights")
+
+    monkeypatch.setattr(models_module, "download_weights", no_network)
+    monkeypatch.setattr(models_module, "_keras_cache_dirs", lambda: [tmp_path / "keras", tmp_path / "tmp-keras"])
+    config = TuneConfig(**TINY)
+    assert _pretrained_weights(config) is None  # not cached: the family is left out, nothing fetched
+    cached = tmp_path / "tmp-keras" / "models" / models_module.mobilenet_weights_file_name((48, 48))
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"weights")
+    assert _pretrained_weights(config) == str(cached)
+
+
 def test_a_killed_search_resumes_without_redoing_finished_trials(tmp_path):
     layout, _ = write_colour_pool(tmp_path / "img", POOL, size=(48, 48))
     command = [

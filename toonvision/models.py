@@ -274,12 +274,15 @@ def _check_arguments(
         raise UsageError(f"dropout must be in [0, 1), got {dropout}")
 
 
-def resolve_mobilenet_weights(weights: str | Path | None, image_size: tuple[int, int]) -> str | None:
+def resolve_mobilenet_weights(
+    weights: str | Path | None, image_size: tuple[int, int], download: bool = True,
+) -> str | None:
     """Turn --weights into a local file for MobileNetV2, or None (from scratch).
 
     "imagenet" is the file Keras itself uses for this input size: found in Keras' cache
     (``$KERAS_HOME`` or ~/.keras, then /tmp/.keras), else downloaded into it as
     ``keras.applications`` does; offline, the error names the file, its address and the folder.
+    ``download=False`` takes the cache only: a missing file is a TrainingError saying so.
     """
     if weights is None or str(weights).lower() == "none":
         return None
@@ -296,6 +299,9 @@ def resolve_mobilenet_weights(weights: str | Path | None, image_size: tuple[int,
         candidate = folder / "models" / file_name
         if candidate.is_file():
             return str(candidate)
+    if not download:
+        raise TrainingError(f"{file_name} is not in Keras' cache ({_keras_cache_dirs()[0] / 'models'}); "
+                            "`toonvision train --model mobilenetv2` downloads it there")
     return download_weights(file_name, MOBILENET_WEIGHTS_ORIGIN + file_name, "MobileNetV2")
 
 

@@ -243,7 +243,8 @@ class TuneResult:
         if seconds:
             lines.append(f"time per trial: mean {sum(seconds) / len(seconds):.1f} s, total {sum(seconds):.1f} s")
         if not self.pretrained:
-            lines.append("pretrained bases were not searched (no MobileNetV2 ImageNet weights in Keras' cache)")
+            lines.append("pretrained bases were not searched (no MobileNetV2 ImageNet weights in Keras' cache; "
+                         "`toonvision train --model mobilenetv2` downloads them there)")
         if self.best is None:
             lines.append("no trial completed; nothing to recommend")
         else:
@@ -320,7 +321,7 @@ def _pretrained_weights(config: TuneConfig) -> str | None:
                     MOBILENET_MIN_SIZE)
         return None
     try:
-        return resolve_mobilenet_weights(config.weights, tuple(config.image_size))
+        return resolve_mobilenet_weights(config.weights, tuple(config.image_size), download=False)
     except TrainingError as exc:
         logger.info("pretrained bases left out of the space: %s", exc)
         return None
